@@ -1,0 +1,92 @@
+"""Shared fixtures: real LibriSpeech mini archives, real Whisper weights, tiny random models.
+
+Real assets come from ``../shared`` (next to the checkout); tests that need them skip
+cleanly where it is absent. Real checkpoints are written once by
+``../shared/tools/real_whisper.py`` into ``$WHISPER_PTQ_CACHE`` (default
+``~/.cache/whisper-hf``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+MINI = SHARED / "data" / "librispeech-mini"
+REAL_WHISPER = SHARED / "tools" / "real_whisper.py"
+CACHE = Path(os.environ.get("WHISPER_PTQ_CACHE", Path.home() / ".cache" / "whisper-hf"))
+
+
+def real_model_dir(name: str) -> Path:
+    """A real OpenAI Whisper checkpoint (tiny.en or base) in HF format, made once."""
+    if not REAL_WHISPER.is_file():
+        pytest.skip("../shared/tools/real_whisper.py is absent")
+    dest = CACHE / name
+    if not (dest / "model.safetensors").is_file():
+        subprocess.run([sys.executable, str(REAL_WHISPER), name, str(dest)], check=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    if not (MINI / "md5sum.txt").is_file():
+        pytest.skip("../shared/data/librispeech-mini is absent")
+    return MINI
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir() -> Path:
+    return real_model_dir("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_dir() -> Path:
+    return real_model_dir("base")
+
+
+@pytest.fixture(scope="session")
+def clean_split_dir(mini_dir, tmp_path_factory) -> Path:
+    """test-clean of the mini set, extracted (120 real utterances)."""
+    from whisper_ptq.data import extract_split
+
+    return extract_split(mini_dir / "test-clean.tar.gz", "test-clean",
+                         tmp_path_factory.mktemp("ls") / "test-clean")
+
+
+def make_random_model_dir(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A tiny randomly initialised Whisper (mechanics only) with a real tokenizer."""
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(seed)
+    real = WhisperConfig.from_pretrained(tokenizer_dir)
+    config = WhisperConfig(
+        vocab_size=real.vocab_size, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
+        decoder_ffn_dim=128, num_mel_bins=80, max_source_positions=1500,
+        max_target_positions=448, pad_token_id=real.pad_token_id, bos_token_id=real.bos_token_id,
+        eos_token_id=real.eos_token_id, decoder_start_token_id=real.decoder_start_token_id,
+        suppress_tokens=[], begin_suppress_tokens=[],
+    )
+    model = WhisperForConditionalGeneration(config)
+    with torch.no_grad():  # random init zeroes the pad row; quanto float8 scales hate zeros
+        emb = model.model.decoder.embed_tokens.weight
+        emb[config.pad_token_id].normal_(0, 0.02)
+    model.generation_config = GenerationConfig.from_pretrained(tokenizer_dir)
+    model.save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json",
+                 "preprocessor_config.json"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tiny_en_dir, tmp_path_factory) -> Path:
+    return make_random_model_dir(tmp_path_factory.mktemp("random-whisper"), tiny_en_dir)

@@ -1,0 +1,55 @@
+import json
+import sys
+
+from snakemake.settings.types import DeploymentMethod
+from snakemake.utils import validate
+
+PKG = f"{workflow.basedir}/workflow"
+sys.path.insert(0, PKG)
+
+from whisper_ptq import PipelineError, quantizers
+from whisper_ptq.config import Study
+
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+try:
+    STUDY = Study(config)
+except PipelineError as e:
+    raise WorkflowError(f"config: {e}") from None
+
+# With --use-conda each rule's env provides `python`; otherwise the interpreter running
+# Snakemake (the project's venv) runs the steps too.
+PY = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else sys.executable
+)
+CLI = f"PYTHONPATH={PKG} {PY} -m whisper_ptq.cli"
+
+
+wildcard_constraints:
+    model=r"[\w.-]+",
+    entry=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    device="cpu|cuda",
+    split=r"[a-z]+-[a-z]+",
+
+
+def entry_config(wildcards):
+    return json.dumps(STUDY.entries[wildcards.entry], sort_keys=True)
+
+
+def library_module(wildcards):
+    return str(quantizers.module_path(STUDY.entries[wildcards.entry]["library"]))
+
+
+def score_files():
+    return [
+        f"results/{j.model}/{j.device}/{j.entry}/{j.split}.score.json"
+        for j in STUDY.jobs()
+    ]
+
+
+REPORT_FILES = expand(
+    "results/report/{name}",
+    name=["runs.csv", "table1.md", "table1.tex", "fig1.png", "fig1.pdf"],
+)

@@ -1,0 +1,48 @@
+rule download:
+    output:
+        archive="data/archives/{split}.tar.gz",
+        split_dir=directory("data/LibriSpeech/{split}"),
+    params:
+        base_url=config["librispeech_url"],
+        md5=lambda wc: config["md5"].get(wc.split, ""),
+    log:
+        "logs/download/{split}.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "{CLI} download --base-url {params.base_url:q} --split {wildcards.split}"
+        " --md5 '{params.md5}' --archive {output.archive} --out {output.split_dir}"
+        " > {log} 2>&1"
+
+
+rule model:
+    output:
+        directory("data/models/{model}"),
+    params:
+        source=lambda wc: STUDY.models[wc.model],
+    log:
+        "logs/model/{model}.log",
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "{CLI} model --source {params.source:q} --out {output} > {log} 2>&1"
+
+
+rule features:
+    input:
+        split_dir="data/LibriSpeech/{split}",
+        model_dir="data/models/{model}",
+    output:
+        tensors="data/features/{model}/{split}.safetensors",
+        manifest="data/features/{model}/{split}.manifest.jsonl",
+    log:
+        "logs/features/{model}/{split}.log",
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/features.yaml"
+    shell:
+        "HF_HUB_OFFLINE=1 {CLI} features --split-dir {input.split_dir}"
+        " --model-dir {input.model_dir} --split {wildcards.split}"
+        " --out-tensors {output.tensors} --out-manifest {output.manifest} > {log} 2>&1"

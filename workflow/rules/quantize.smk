@@ -1,0 +1,22 @@
+rule quantize:
+    input:
+        model_dir="data/models/{model}",
+        # the library's own module: editing it re-runs only that library's entries
+        module=library_module,
+    output:
+        checkpoint=directory("results/{model}/checkpoints/{entry}"),
+        meta="results/{model}/checkpoints/{entry}.json",
+    params:
+        entry=entry_config,
+    threads: config["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    log:
+        "logs/quantize/{model}/{entry}.log",
+    conda:
+        "../../envs/ptq.yaml"
+    shell:
+        "HF_HUB_OFFLINE=1 {CLI} quantize --entry {wildcards.entry} --config {params.entry:q}"
+        " --model-dir {input.model_dir} --threads {threads} --out {output.checkpoint}"
+        " --out-meta {output.meta} > {log} 2>&1"

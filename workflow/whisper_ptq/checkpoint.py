@@ -1,0 +1,65 @@
+"""Quantize an entry into a checkpoint directory, and load it back for inference."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import PipelineError, quantizers
+from .io import atomic_path, dir_bytes, read_json, write_json
+from .quantizers.base import linear_bytes, linear_names
+
+META = "quant.json"
+
+
+def weights_bytes(ckpt_dir) -> int:
+    """Bytes on disk of a checkpoint, without its small JSON metadata files."""
+    return dir_bytes(ckpt_dir) - dir_bytes(ckpt_dir, suffixes=(".json",))
+
+
+def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None) -> dict:
+    """Build the quantized model of ``entry`` from the fp32 model and save it to ``out_dir``.
+
+    ``calibration`` is a list of input-feature batches (never the scored utterances) for
+    schemes with static activations. Returns the metadata written to ``quant.json``.
+    """
+    from .modeling import load_fp32
+
+    q = quantizers.get(entry["library"])
+    model = load_fp32(model_dir)
+    names = linear_names(model)
+    fp32_linear = linear_bytes(model, names)
+    if q.needs_calibration(entry) and not calibration:
+        raise PipelineError(f"entry {name!r} needs calibration data and none was given")
+    t0 = time.perf_counter()
+    qmodel = q.quantize(model, entry, calibration)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "entry": name,
+        "config": entry,
+        "facts": {"library": entry["library"], **q.describe(entry)},
+        "quantize_seconds": seconds,
+        "linear_bytes": linear_bytes(qmodel, names),
+        "fp32_linear_bytes": fp32_linear,
+        "calibration_batches": len(calibration or []),
+    }
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        q.save(qmodel, entry, tmp)
+        meta["bytes_on_disk"] = weights_bytes(tmp)
+        write_json(tmp / META, meta)
+    return meta
+
+
+def load_checkpoint(ckpt_dir, model_dir, device: str):
+    """Load a checkpoint written by save_checkpoint onto ``device`` (no re-quantization)."""
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / META).is_file():
+        raise PipelineError(f"{ckpt_dir} is not a complete checkpoint (no {META})")
+    meta = read_json(ckpt_dir / META)
+    entry = meta["config"]
+    q = quantizers.get(entry["library"])
+    reason = q.unsupported(entry, device)
+    if reason:
+        raise PipelineError(f"entry {meta['entry']!r} cannot run on {device}: {reason}")
+    return q.load(ckpt_dir, model_dir, entry, device), meta

@@ -1,0 +1,154 @@
+"""Command line behind the Snakemake rules: ``python -m whisper_ptq.cli <step> ...``.
+
+Every step writes its outputs atomically; a PipelineError is printed as one line
+(``error: ...``) and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import PipelineError
+
+
+def _json(s: str):
+    return json.loads(s)
+
+
+def cmd_download(a):
+    from .data import archive_url, download, expected_md5, extract_split
+
+    md5 = expected_md5(a.base_url, a.split, a.md5)
+    archive = Path(a.archive)
+    download(archive_url(a.base_url, a.split), archive, md5)
+    extract_split(archive, a.split, a.out)
+
+
+def cmd_model(a):
+    from .modeling import resolve_model
+
+    resolve_model(a.source, a.out)
+
+
+def cmd_features(a):
+    from .features import compute_features
+
+    n = compute_features(a.split_dir, a.model_dir, a.out_tensors, a.out_manifest, a.split)
+    print(f"{a.split}: features for {n} utterances")
+
+
+def cmd_quantize(a):
+    from .checkpoint import save_checkpoint
+    from .io import write_json
+    from .modeling import set_threads
+
+    set_threads(a.threads)
+    meta = save_checkpoint(a.entry, a.config, a.model_dir, a.out)
+    write_json(a.out_meta, meta)
+    print(f"{a.entry}: {meta['bytes_on_disk']} bytes on disk")
+
+
+def cmd_transcribe(a):
+    from .transcribe import transcribe_checkpoint
+
+    t = transcribe_checkpoint(a.checkpoint, a.model_dir, a.features, a.manifest, a.device,
+                              a.decoding, a.out_hyp, a.out_timing, limit=a.limit,
+                              split=a.split, threads=a.threads)
+    print(f"{a.split}: {t['utterances']} utterances, RTF {t['rtf']:.4f}")
+
+
+def cmd_score(a):
+    from .io import read_json, read_jsonl, write_json
+    from .scoring import score_rows, size_reduction
+
+    timing = read_json(a.timing)
+    score = score_rows(read_jsonl(a.hyp))
+    score.update({k: timing[k] for k in ("entry", "split", "device", "facts", "utterances",
+                                         "audio_seconds", "compute_seconds", "rtf", "rtfx",
+                                         "threads", "batch_size")})
+    score["model"] = a.model
+    score.update(size_reduction(read_json(a.meta), read_json(a.fp32_meta)))
+    write_json(a.out, score)
+    print(f"{a.model} {score['entry']} {score['device']} {score['split']}: "
+          f"WER {score['wer']:.2f} CER {score['cer']:.2f}")
+
+
+def cmd_report(a):
+    from .report import build
+
+    unsupported = json.loads(a.unsupported) if a.unsupported else []
+    rows = build(a.scores, unsupported, a.csv, a.md, a.tex, a.png, a.pdf)
+    print(f"report: {len(rows)} rows")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="whisper_ptq", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("download", help="fetch + md5-check + extract one LibriSpeech split")
+    s.add_argument("--base-url", required=True)
+    s.add_argument("--split", required=True)
+    s.add_argument("--md5", default=None)
+    s.add_argument("--archive", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("model", help="resolve a model source into a local directory")
+    s.add_argument("--source", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_model)
+
+    s = sub.add_parser("features", help="log-mel feature cache of one split")
+    for arg in ("--split-dir", "--model-dir", "--split", "--out-tensors", "--out-manifest"):
+        s.add_argument(arg, required=True)
+    s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("quantize", help="quantize one entry into a checkpoint directory")
+    s.add_argument("--entry", required=True)
+    s.add_argument("--config", type=_json, required=True)
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", required=True)
+    s.add_argument("--out-meta", required=True)
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("transcribe", help="transcribe one split with one checkpoint on one device")
+    for arg in ("--checkpoint", "--model-dir", "--features", "--manifest", "--device",
+                "--split", "--out-hyp", "--out-timing"):
+        s.add_argument(arg, required=True)
+    s.add_argument("--decoding", type=_json, required=True)
+    s.add_argument("--limit", type=lambda v: None if v in ("", "None", "null") else int(v), default=None)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_transcribe)
+
+    s = sub.add_parser("score", help="WER/CER and size reduction of one run")
+    for arg in ("--hyp", "--timing", "--meta", "--fp32-meta", "--model", "--out"):
+        s.add_argument(arg, required=True)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("report", help="CSV, Table 1 and Fig. 1")
+    s.add_argument("--scores", nargs="*", default=[])
+    s.add_argument("--unsupported", default="")
+    for arg in ("--csv", "--md", "--tex", "--png", "--pdf"):
+        s.add_argument(arg, required=True)
+    s.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The study as configured: models, splits, devices and entries, checked before any job.
+
+``snakemake.utils.validate`` checks types against ``workflow/schemas/config.schema.yaml``
+(and fills defaults); ``Study`` then checks what a schema cannot: libraries, schemes,
+library × device support, model directories, the ``only`` filter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import PipelineError, quantizers
+from .modeling import check_source, model_tag
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+def as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def validate_schema(config: dict) -> dict:
+    """Validate (and fill defaults) like the Snakefile does; PipelineError names the key."""
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(SCHEMA))
+    except Exception as e:  # WorkflowError with the jsonschema message
+        raise PipelineError(f"config.yaml is invalid: {e}") from e
+    return config
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    entry: str
+    device: str
+    split: str
+
+
+class Study:
+    def __init__(self, config: dict):
+        self.config = config
+        sources = as_list(config["model"])
+        self.models: dict[str, str] = {}
+        for src in sources:
+            check_source(src)
+            tag = model_tag(src)
+            if tag in self.models:
+                raise PipelineError(f"config 'model': two sources share the name {tag!r}")
+            self.models[tag] = src
+        self.splits = as_list(config["splits"])
+        self.devices = as_list(config["devices"])
+        self.limit = config.get("limit")
+        self.decoding = dict(config.get("decoding") or {})
+        self.threads = int(config.get("threads", 8))
+        self.entries: dict[str, dict] = {}
+        for name, raw in config["entries"].items():
+            self.entries[name] = quantizers.get(raw["library"]).validate(name, raw)
+        only = as_list(config.get("only"))
+        unknown = [n for n in only if n not in self.entries]
+        if unknown:
+            raise PipelineError(
+                f"config 'only': unknown entr{'y' if len(unknown) == 1 else 'ies'} "
+                f"{', '.join(unknown)}; known: {', '.join(self.entries)}"
+            )
+        self.selected = [n for n in self.entries if not only or n in only]
+        if "fp32" not in self.entries or self.entries["fp32"]["scheme"] != "fp32":
+            raise PipelineError("config 'entries' must define the fp32 baseline as 'fp32' "
+                                "(library: fp, scheme: fp32): size reduction is against it")
+
+    def devices_of(self, name: str) -> list[str]:
+        entry = self.entries[name]
+        return [d for d in self.devices if d in entry.get("devices", self.devices)]
+
+    def unsupported_reason(self, name: str, device: str) -> str | None:
+        entry = self.entries[name]
+        return quantizers.get(entry["library"]).unsupported(entry, device)
+
+    def jobs(self) -> list[Job]:
+        return [Job(m, e, d, s) for m in self.models for e in self.selected
+                for d in self.devices_of(e) if not self.unsupported_reason(e, d)
+                for s in self.splits]
+
+    def unsupported(self) -> list[dict]:
+        return [{"model": m, "entry": e, "device": d, "reason": r} for m in self.models
+                for e in self.selected for d in self.devices_of(e)
+                if (r := self.unsupported_reason(e, d))]
+
+
+def load_study(path, overrides: dict | None = None) -> Study:
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    config.update(overrides or {})
+    return Study(validate_schema(config))

@@ -1,0 +1,128 @@
+"""Audio → Whisper log-mel features, computed once per (model, split) and cached.
+
+The cache is one safetensors file holding one float32 tensor per utterance (key = utterance
+id, shape ``[n_mels, n_frames]``; 3000 frames = 30 s, more for longer utterances, which are
+kept whole rather than truncated) plus a JSONL manifest (id, speaker, duration, reference,
+n_frames). No pickle anywhere; transcription jobs never touch audio.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from . import PipelineError
+from .data import list_utterances
+from .io import atomic_path, read_jsonl, write_jsonl
+
+SAMPLE_RATE = 16000
+
+
+def read_flac(path: str | os.PathLike) -> np.ndarray:
+    """Decode a 16 kHz mono FLAC to float32; a clear error for unreadable or empty files."""
+    import soundfile as sf
+
+    try:
+        audio, sr = sf.read(str(path), dtype="float32", always_2d=False)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError
+        raise PipelineError(f"cannot decode audio file {path}: {e}") from e
+    if audio.ndim != 1:
+        raise PipelineError(f"audio file {path} has {audio.shape[1]} channels; expected mono")
+    if sr != SAMPLE_RATE:
+        raise PipelineError(f"audio file {path} is sampled at {sr} Hz; expected {SAMPLE_RATE}")
+    if audio.size == 0:
+        raise PipelineError(f"audio file {path} is empty (0 samples)")
+    return audio
+
+
+def log_mel(extractor, audio: np.ndarray) -> np.ndarray:
+    """Whisper log-mel of one utterance: padded to 30 s, never truncated."""
+    long = audio.size > extractor.n_samples
+    out = extractor(
+        audio,
+        sampling_rate=SAMPLE_RATE,
+        return_tensors="np",
+        truncation=not long,
+        padding="longest" if long else "max_length",
+    )
+    return np.ascontiguousarray(out.input_features[0], dtype=np.float32)
+
+
+def compute_features(split_dir, model_dir, out_tensors, out_manifest, split: str = "") -> int:
+    """Compute and cache features for every utterance of an extracted split."""
+    from safetensors.numpy import save_file
+    from tqdm import tqdm
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor.from_pretrained(model_dir)
+    utts = list_utterances(split_dir, split)
+    tensors, rows = {}, []
+    for u in tqdm(utts, desc=f"features {split}", unit="utt"):
+        audio = read_flac(u.path)
+        feats = log_mel(extractor, audio)
+        tensors[u.id] = feats
+        rows.append(
+            {
+                "id": u.id,
+                "speaker": u.speaker,
+                "duration": audio.size / SAMPLE_RATE,
+                "reference": u.reference,
+                "n_frames": int(feats.shape[-1]),
+            }
+        )
+    with atomic_path(out_tensors) as tmp:
+        save_file(tensors, str(tmp), metadata={"split": split, "model_dir": str(model_dir)})
+    write_jsonl(out_manifest, rows)
+    return len(rows)
+
+
+def load_manifest(path) -> list[dict]:
+    return read_jsonl(path)
+
+
+def select(rows: list[dict], limit: int | None, exclude=(), split: str = "") -> list[dict]:
+    """Deterministic subset: utterances not in ``exclude``, at most ``limit`` of them.
+
+    With a limit, speakers are taken round-robin (in id order) so that a quick run still
+    spans many speakers, which the speaker-level statistics need.
+    """
+    exclude = set(exclude)
+    pool = [r for r in rows if r["id"] not in exclude]
+    if limit is not None and limit < len(pool):
+        by_spk = defaultdict(list)
+        for r in sorted(pool, key=lambda r: r["id"]):
+            by_spk[r["speaker"]].append(r)
+        queues = [by_spk[s] for s in sorted(by_spk)]
+        chosen = []
+        depth = 0
+        while len(chosen) < limit:
+            for q in queues:
+                if depth < len(q) and len(chosen) < limit:
+                    chosen.append(q[depth])
+            depth += 1
+        pool = sorted(chosen, key=lambda r: r["id"])
+    if not pool:
+        raise PipelineError(
+            f"split {split or '?'}: no utterances left to transcribe "
+            f"(limit={limit}, {len(rows)} in the cache, {len(exclude)} excluded)"
+        )
+    return pool
+
+
+class FeatureCache:
+    """Lazy reader of a features file: tensors are read only when asked for."""
+
+    def __init__(self, path):
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        self._f = safe_open(str(path), framework="pt")
+
+    def get(self, uid: str):
+        return self._f.get_tensor(uid)
+
+    def keys(self):
+        return list(self._f.keys())

@@ -1,0 +1,135 @@
+"""Model sources (hub id or local directory), devices, and fp32 model loading."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+from pathlib import Path
+
+from . import PipelineError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Files of a Hugging Face Whisper checkpoint that the pipeline needs.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "model.safetensors",
+)
+
+
+def is_local_source(source: str) -> bool:
+    """A local directory is an existing path, or anything that looks like a path."""
+    return (
+        os.path.exists(os.path.expanduser(source))
+        or source.startswith(("/", ".", "~"))
+        or not HUB_ID.match(source)
+    )
+
+
+def check_source(source: str) -> None:
+    """Raise PipelineError for a local model directory that is missing or not a checkpoint."""
+    if not is_local_source(source):
+        return
+    path = Path(os.path.expanduser(source))
+    if not path.is_dir():
+        raise PipelineError(
+            f"model directory {source} does not exist (config key 'model'; give an existing "
+            f"directory or a hub id like openai/whisper-small)"
+        )
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"model directory {source} has no config.json: not a Hugging Face checkpoint")
+
+
+def model_tag(source: str) -> str:
+    """Short name used in output paths: the last path component of the source."""
+    tag = Path(os.path.expanduser(source.rstrip("/"))).name
+    tag = re.sub(r"[^\w.-]", "_", tag)
+    if not tag:
+        raise PipelineError(f"cannot derive a model name from model source {source!r}")
+    return tag
+
+
+def resolve_model(source: str, dest: str | os.PathLike) -> Path:
+    """Materialise the model source as a local directory ``dest`` (atomically).
+
+    Hub ids are downloaded with huggingface_hub (this runs on the login node); local
+    directories are copied, so compute jobs never need the hub.
+    """
+    from .io import atomic_path
+
+    check_source(source)
+    dest = Path(dest)
+    with atomic_path(dest, is_dir=True) as tmp:
+        if is_local_source(source):
+            src = Path(os.path.expanduser(source))
+            for name in MODEL_FILES:
+                if (src / name).is_file():
+                    shutil.copy2(src / name, tmp / name)
+            if not (tmp / "model.safetensors").is_file():
+                raise PipelineError(f"model directory {source} has no model.safetensors")
+        else:
+            from huggingface_hub import snapshot_download
+
+            try:
+                snapshot_download(source, local_dir=tmp, allow_patterns=list(MODEL_FILES))
+            except Exception as e:
+                raise PipelineError(f"cannot download model {source} from the Hugging Face hub: {e}") from e
+    return dest
+
+
+def check_device(device: str) -> str:
+    """Return a torch device string, or a clear error if it cannot be used here."""
+    import torch
+
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise PipelineError(
+                f"device 'cuda' was requested but no CUDA device is available on host "
+                f"{socket.gethostname()} (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda or 'none'}); run this job on a GPU node "
+                f"or set devices=cpu"
+            )
+        return "cuda"
+    raise PipelineError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+
+
+def load_fp32(model_dir, device: str = "cpu"):
+    """Load the original fp32 Whisper model from a local directory."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    model = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    return model.eval().to(device)
+
+
+def empty_model(model_dir, dtype=None):
+    """A Whisper model with the checkpoint's architecture, weights uninitialised (meta)."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    config = WhisperConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(config)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def set_threads(n: int) -> int:
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+    return torch.get_num_threads()

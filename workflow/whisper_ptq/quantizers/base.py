@@ -1,0 +1,142 @@
+"""The shared interface of all quantization libraries.
+
+An entry of ``config.yaml`` (``entries: {name: {library: ..., scheme: ..., ...}}``) is
+handled by the Quantizer of its library:
+
+* ``validate(name, entry)`` → the entry with defaults filled in; PipelineError otherwise.
+* ``unsupported(entry, device)`` → None, or why this library cannot run it on the device.
+* ``describe(entry)`` → the scheme facts that go into every result row.
+* ``quantize(model, entry, calibration)`` → the quantized model (in memory, on CPU).
+* ``save(model, entry, out_dir)`` / ``load(ckpt_dir, model_dir, entry, device)``.
+
+The checkpoint directory holds the library's weight files plus ``quant.json`` (written by
+``checkpoint.save_checkpoint``). Loading never unpickles arbitrary objects: safetensors, or
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .. import PipelineError
+
+DEVICES = ("cpu", "cuda")
+# What every library here leaves in floating point: only nn.Linear layers are quantized.
+FLOAT_PARTS = ["conv front-end", "embed_tokens", "embed_positions", "layer norms"]
+
+
+class Quantizer:
+    library: ClassVar[str]
+    # scheme name -> default options of that scheme
+    schemes: ClassVar[dict[str, dict[str, Any]]]
+    # option name -> allowed values (a tuple) or a type
+    options: ClassVar[dict[str, Any]] = {}
+    devices: ClassVar[tuple[str, ...]] = DEVICES
+
+    # -- config ---------------------------------------------------------------------------
+    def validate(self, name: str, entry: dict) -> dict:
+        scheme = entry.get("scheme")
+        if scheme not in self.schemes:
+            raise PipelineError(
+                f"entry {name!r}: unknown scheme {scheme!r} for library {self.library!r}; "
+                f"known: {', '.join(self.schemes)}"
+            )
+        out = {"library": self.library, "scheme": scheme, **self.schemes[scheme]}
+        for key, value in entry.items():
+            if key in ("library", "scheme", "devices"):
+                continue
+            if key not in self.options:
+                raise PipelineError(
+                    f"entry {name!r}: option {key!r} is not known to library {self.library!r}; "
+                    f"known: {', '.join(sorted(self.options)) or 'none'}"
+                )
+            allowed = self.options[key]
+            ok = value in allowed if isinstance(allowed, tuple) else isinstance(value, allowed)
+            if not ok:
+                raise PipelineError(
+                    f"entry {name!r}: option {key}={value!r} is invalid; allowed: {allowed}"
+                )
+            out[key] = value
+        devices = entry.get("devices")
+        if devices is not None:
+            out["devices"] = list(devices)
+            for device in out["devices"]:
+                reason = self.unsupported(out, device)
+                if reason:
+                    raise PipelineError(f"entry {name!r} cannot run on {device}: {reason}")
+        return out
+
+    def unsupported(self, entry: dict, device: str) -> str | None:
+        if device not in self.devices:
+            return f"library {self.library!r} has no {device} support"
+        return None
+
+    def describe(self, entry: dict) -> dict:
+        raise NotImplementedError
+
+    # -- model ----------------------------------------------------------------------------
+    def quantize(self, model, entry: dict, calibration=None):
+        raise NotImplementedError
+
+    def save(self, model, entry: dict, out_dir) -> None:
+        raise NotImplementedError
+
+    def load(self, ckpt_dir, model_dir, entry: dict, device: str):
+        raise NotImplementedError
+
+    def needs_calibration(self, entry: dict) -> bool:
+        return False
+
+
+def facts(
+    *,
+    weights: str,
+    activations: str = "float32",
+    act_mode: str = "none",
+    symmetric: bool | None = None,
+    granularity: str,
+    group_size: int | None = None,
+    unquantized: list[str] | None = None,
+) -> dict:
+    """The scheme facts recorded with every result (one dict shape for every library)."""
+    return {
+        "weights": weights,
+        "activations": activations,
+        "act_mode": act_mode,
+        "symmetric": symmetric,
+        "granularity": granularity,
+        "group_size": group_size,
+        "unquantized": unquantized if unquantized is not None else list(FLOAT_PARTS),
+    }
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes held by the tensors in a (nested) state-dict value."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        n = obj.numel() * obj.element_size()
+        if obj.is_quantized:  # torch.ao tensors: int8 data + float64 scale, int64 zero point
+            per_channel = obj.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+            n += 16 * (obj.q_per_channel_scales().numel() if per_channel else 1)
+        return n
+    if isinstance(obj, (tuple, list)):
+        return sum(tensor_bytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(o) for o in obj.values())
+    return 0
+
+
+def linear_names(model) -> list[str]:
+    import torch
+
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+
+def linear_bytes(model, names: list[str]) -> int:
+    """Bytes of the given (originally nn.Linear) submodules' state, tied weights included."""
+    total = 0
+    for name in names:
+        module = model.get_submodule(name)
+        total += tensor_bytes(module.state_dict())
+    return total
