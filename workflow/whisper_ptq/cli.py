@@ -81,7 +81,9 @@ def cmd_report(a):
     from .report import build
 
     unsupported = json.loads(a.unsupported) if a.unsupported else []
-    rows = build(a.scores, unsupported, a.csv, a.md, a.tex, a.png, a.pdf)
+    pareto = dict(p.split("=", 1) for p in a.pareto)  # device=path
+    rows = build(a.scores, unsupported, a.csv, a.md, a.tex, a.png, a.pdf, pareto=pareto,
+                 noise_png=a.noise_png, n_resamples=a.bootstrap_resamples, seed=a.seed)
     print(f"report: {len(rows)} rows")
 
 
@@ -135,6 +137,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--unsupported", default="")
     for arg in ("--csv", "--md", "--tex", "--png", "--pdf"):
         s.add_argument(arg, required=True)
+    s.add_argument("--pareto", nargs="*", default=[], help="DEVICE=PNG, one per device")
+    s.add_argument("--noise-png", default=None, help="WER vs SNR figure")
+    s.add_argument("--bootstrap-resamples", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_report)
     return p
 

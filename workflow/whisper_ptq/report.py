@@ -1,4 +1,10 @@
-"""Aggregate score files into a tidy CSV, Table 1 (Markdown + LaTeX) and Fig. 1."""
+"""Aggregate score files into a tidy CSV, Table 1 (Markdown + LaTeX), Fig. 1, Pareto plots and
+the WER-vs-SNR figure, with speaker-bootstrap intervals (``whisper_ptq.stats``).
+
+Every run is compared with the fp32 baseline of the same model, device and split (paired
+speaker bootstrap of ΔWER / ΔCER); Table 1 shows the LibriSpeech splits, noisy derived splits
+(``test-clean+white10``) go to the CSV and the noise figure.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,26 @@ import csv
 import math
 from collections import defaultdict
 
+from . import PipelineError
 from .io import atomic_path, read_json
+from .noise import parse_split
+from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, entry_stats, hallucination_stats,
+                    rate_interval, split_difference)
 
 SHORT = {"test-clean": "c", "test-other": "o"}
+BASELINE = "fp32"
+MARK = "†"
 CSV_FIELDS = [
     "model", "entry", "device", "split", "status", "library", "weights", "activations",
     "act_mode", "symmetric", "granularity", "group_size", "unquantized", "wer", "cer",
     "utterances", "audio_seconds", "compute_seconds", "rtf", "rtfx", "threads", "batch_size",
     "size_reduction", "linear_size_reduction", "bytes_on_disk", "fp32_bytes_on_disk",
+    # against the fp32 baseline of the same model/device/split (paired speaker bootstrap)
+    "dwer", "dwer_lo", "dwer_hi", "dwer_significant", "dcer", "dcer_lo", "dcer_hi",
+    "dcer_significant", "no_regression", "sub", "del", "ins", "ref_words", "hallucinations",
+    "hallucination_rate", "speakers", "bootstrap_resamples", "bootstrap_seed", "ci_level",
+    # noisy derived splits
+    "base_split", "noise", "snr_db",
 ]
 
 
@@ -23,6 +41,8 @@ def row_from_score(score: dict) -> dict:
     row.update({k: facts.get(k) for k in facts if k in CSV_FIELDS})
     row["unquantized"] = "; ".join(facts.get("unquantized", []))
     row["status"] = "ok"
+    name = parse_split(score["split"])
+    row.update(base_split=name.base, noise=name.kind, snr_db=name.snr_db)
     return row
 
 
@@ -42,109 +62,390 @@ def _fmt(x, digits=2):
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def table_cells(rows: list[dict]):
-    """Per (model, device): ordered entries with WER/CER per split, pooled RTF, size."""
-    splits = sorted({r["split"] for r in rows if r["status"] == "ok"},
-                    key=lambda s: (s not in SHORT, list(SHORT).index(s) if s in SHORT else 0, s))
-    groups = defaultdict(dict)
+def _key(r):
+    return (r["model"], r["device"], r["split"])
+
+
+def add_statistics(rows: list[dict], scores: dict, *, n_resamples=DEFAULT_RESAMPLES,
+                   seed=DEFAULT_SEED) -> list[str]:
+    """Fill the bootstrap / no-regression / S/D/I / hallucination columns of every ok row.
+
+    ``scores`` maps (model, device, entry, split) → score dict. Rows without an fp32
+    baseline of the same model/device/split keep empty Δ columns; the returned notes say so.
+    """
+    notes = []
     for r in rows:
+        if r["status"] != "ok":
+            continue
+        score = scores[(r["model"], r["device"], r["entry"], r["split"])]
+        base = scores.get((r["model"], r["device"], BASELINE, r["split"]))
+        if base is None:
+            hal = hallucination_stats(score)
+            r.update({k: hal[k] for k in ("hallucinations", "hallucination_rate")})
+            notes.append(f"{r['model']}/{r['device']}/{r['entry']}/{r['split']}: no fp32 "
+                         "baseline run to compare with")
+            continue
+        r.update(entry_stats(base, score, n_resamples=n_resamples, seed=seed,
+                             what=f"{r['model']}/{r['device']}/{r['entry']}/{r['split']}"))
+    return notes
+
+
+# --------------------------------------------------------------------------- Table 1
+
+
+def split_order(splits):
+    return sorted(splits, key=lambda s: (s not in SHORT, list(SHORT).index(s) if s in SHORT else 0, s))
+
+
+def table_cells(rows: list[dict]):
+    """Per (model, device): ordered entries with WER/CER/ΔWER per plain split, pooled RTF, size."""
+    plain = [r for r in rows if r["status"] != "ok" or not r.get("noise")]
+    splits = split_order({r["split"] for r in plain if r["status"] == "ok"})
+    groups = defaultdict(dict)
+    for r in plain:
         key = (r["model"], r["device"])
         cell = groups[key].setdefault(r["entry"], {"status": r["status"], "splits": {},
-                                                   "compute": 0.0, "audio": 0.0,
+                                                   "delta": {}, "compute": 0.0, "audio": 0.0,
                                                    "size": r.get("size_reduction")})
         if r["status"] == "ok":
             cell["splits"][r["split"]] = (r["wer"], r["cer"])
+            if r.get("dwer") is not None:
+                cell["delta"][r["split"]] = (r["dwer"], r["dwer_lo"], r["dwer_hi"],
+                                             bool(r["dwer_significant"]))
             cell["compute"] += r["compute_seconds"]
             cell["audio"] += r["audio_seconds"]
+    for entries in groups.values():  # baseline first, then config order (rows are sorted)
+        if BASELINE in entries:
+            entries_items = [(BASELINE, entries.pop(BASELINE))] + list(entries.items())
+            entries.clear()
+            entries.update(entries_items)
     return splits, groups
 
 
 def header(splits):
     labels = [SHORT.get(s, s) for s in splits]
-    return ["Entry"] + [f"WER{l}" for l in labels] + [f"CER{l}" for l in labels] + ["RTF", "Size red. %"]
+    return (["Entry"] + [f"WER{l}" for l in labels] + [f"CER{l}" for l in labels]
+            + ["RTF", "Size red. %"] + [f"ΔWER{l} [95 % CI]" for l in labels])
 
 
-def cell_values(cell, splits):
+def _delta(d, entry):
+    if entry == BASELINE:
+        return "(baseline)"
+    if d is None:
+        return "–"
+    est, lo, hi, sig = d
+    return f"{est:+.2f}{MARK if sig else ''} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def cell_values(cell, splits, entry=""):
     if cell["status"] != "ok":
-        return ["unsupported"] * (2 * len(splits) + 2)
+        return ["unsupported"] * (3 * len(splits) + 2)
     wers = [_fmt(cell["splits"].get(s, (None, None))[0]) for s in splits]
     cers = [_fmt(cell["splits"].get(s, (None, None))[1]) for s in splits]
     rtf = cell["compute"] / cell["audio"] if cell["audio"] else None
-    return wers + cers + [_fmt(rtf, 3), _fmt(cell["size"], 1)]
+    deltas = [_delta(cell["delta"].get(s), entry) for s in splits]
+    return wers + cers + [_fmt(rtf, 3), _fmt(cell["size"], 1)] + deltas
 
 
-def markdown_table(rows: list[dict]) -> str:
+def legend(rows) -> str:
+    ok = [r for r in rows if r["status"] == "ok" and r.get("bootstrap_resamples")]
+    boot = (f"{ok[0]['bootstrap_resamples']} resamples, seed {ok[0]['bootstrap_seed']}"
+            if ok else "no baseline runs")
+    return ("WER/CER in % after the Whisper English normalizer; RTF = transcription seconds / "
+            "audio seconds (pooled over splits, warm-up excluded); size reduction of the "
+            "checkpoint on disk against fp32. ΔWER = WER − WER of fp32 (same model, device and "
+            "split, same utterances), in points, with a 95 % percentile interval from a paired "
+            f"bootstrap over speakers ({boot}); {MARK} = the interval excludes zero.")
+
+
+def markdown_table(rows: list[dict], notes=()) -> str:
     splits, groups = table_cells(rows)
     lines = []
     for (model, device), entries in sorted(groups.items()):
         lines += [f"### {model} — {device}", "", "| " + " | ".join(header(splits)) + " |",
                   "|" + "---|" * len(header(splits))]
         for entry, cell in entries.items():
-            lines.append("| " + " | ".join([entry] + cell_values(cell, splits)) + " |")
+            lines.append("| " + " | ".join([entry] + cell_values(cell, splits, entry)) + " |")
         lines.append("")
-    lines.append("WER/CER in % after the Whisper English normalizer; RTF = transcription "
-                 "seconds / audio seconds (pooled over splits, warm-up excluded); size "
-                 "reduction of the checkpoint on disk against fp32.")
+    models = model_comparison(rows)
+    if models:
+        lines += ["### Models compared", "", models, ""]
+    lines.append(legend(rows))
+    lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def model_comparison(rows: list[dict]) -> str:
+    """With several models: WER (pooled over the plain splits) per entry × device × model."""
+    models = sorted({r["model"] for r in rows if r["status"] == "ok"})
+    if len(models) < 2:
+        return ""
+    pooled = pooled_points(rows)
+    keys = sorted({(d, e) for (m, d, e) in pooled})
+    out = ["| Device | Entry | " + " | ".join(f"WER {m}" for m in models) + " | "
+           + " | ".join(f"Size red. % {m}" for m in models) + " |",
+           "|" + "---|" * (2 + 2 * len(models))]
+    for d, e in keys:
+        wers = [_fmt(pooled.get((m, d, e), {}).get("wer")) for m in models]
+        sizes = [_fmt(pooled.get((m, d, e), {}).get("size"), 1) for m in models]
+        out.append(f"| {d} | {e} | " + " | ".join(wers + sizes) + " |")
+    return "\n".join(out)
 
 
 def latex_table(rows: list[dict]) -> str:
     splits, groups = table_cells(rows)
     cols = header(splits)
-    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("–", "--")
+
+    def esc(s):
+        return (str(s).replace("_", r"\_").replace("%", r"\%").replace("–", "--")
+                .replace("Δ", r"$\Delta$").replace(MARK, r"$^\dagger$"))
+
     out = [r"\begin{tabular}{l" + "r" * (len(cols) - 1) + "}", r"\toprule",
            " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
     for (model, device), entries in sorted(groups.items()):
         out.append(rf"\multicolumn{{{len(cols)}}}{{l}}{{\textit{{{esc(model)} — {esc(device)}}}}} \\")
         for entry, cell in entries.items():
-            out.append(" & ".join(esc(v) for v in [entry] + cell_values(cell, splits)) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
+            out.append(" & ".join(esc(v) for v in [entry] + cell_values(cell, splits, entry)) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}",
+            "% " + legend(rows).replace("%", r"\%")]
     return "\n".join(out) + "\n"
 
 
-def degradation(rows: list[dict]) -> list[tuple[str, str, str, float]]:
-    """(model, device, entry, WER test-other − WER test-clean) for entries with both."""
+# --------------------------------------------------------------------------- Fig. 1
+
+
+def degradation(rows: list[dict], scores: dict | None = None, *, n_resamples=DEFAULT_RESAMPLES,
+                seed=DEFAULT_SEED):
+    """(model, device, entry, WER test-other − WER test-clean, interval or None) per entry.
+
+    With the score dicts, the interval is an unpaired speaker bootstrap (the two splits have
+    disjoint speakers): each resample draws speakers of each split with replacement.
+    """
     _, groups = table_cells(rows)
     out = []
     for (model, device), entries in sorted(groups.items()):
         for entry, cell in entries.items():
             s = cell["splits"]
             if "test-clean" in s and "test-other" in s:
-                out.append((model, device, entry, s["test-other"][0] - s["test-clean"][0]))
+                iv = None
+                if scores is not None:
+                    iv = split_difference(scores[(model, device, entry, "test-clean")],
+                                          scores[(model, device, entry, "test-other")],
+                                          n_resamples=n_resamples, seed=seed)
+                out.append((model, device, entry, s["test-other"][0] - s["test-clean"][0], iv))
     return out
 
 
-def figure(rows: list[dict], png, pdf) -> None:
+def _save(fig, *paths):
+    for path in paths:
+        if path is None:
+            continue
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1], dpi=150)
+
+
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = degradation(rows)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(data) + 2), 3.5))
+    return plt
+
+
+def figure(rows: list[dict], png, pdf, scores=None, **boot) -> None:
+    plt = _plt()
+    data = degradation(rows, scores, **boot)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * len(data) + 2), 3.8))
     if data:
-        labels = [f"{e}\n{d}" + (f"\n{m}" if len({x[0] for x in data}) > 1 else "") for m, d, e, _ in data]
-        colors = ["tab:blue" if d == "cpu" else "tab:orange" for _, d, _, _ in data]
-        ax.bar(range(len(data)), [x[3] for x in data], color=colors)
+        labels = [f"{e}\n{d}" + (f"\n{m}" if len({x[0] for x in data}) > 1 else "")
+                  for m, d, e, _, _ in data]
+        colors = ["tab:blue" if d == "cpu" else "tab:orange" for _, d, _, _, _ in data]
+        heights = [x[3] for x in data]
+        yerr = None
+        if all(x[4] is not None for x in data):
+            yerr = [[h - x[4].low for h, x in zip(heights, data)],
+                    [x[4].high - h for h, x in zip(heights, data)]]
+        ax.bar(range(len(data)), heights, color=colors, yerr=yerr, capsize=4,
+               error_kw={"elinewidth": 1})
+        ax.axhline(0, color="black", lw=0.5)
         ax.set_xticks(range(len(data)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("WER test-other − test-clean (points)")
+        if yerr is not None:
+            ax.text(0.01, 0.99, "bars: 95 % speaker-bootstrap CI\n(splits resampled "
+                    "independently)", transform=ax.transAxes, va="top", fontsize=7)
     else:
         ax.text(0.5, 0.5, "needs both test-clean and test-other", ha="center", va="center")
         ax.set_axis_off()
-    ax.set_title("Fig. 1: WER increase on test-other over test-clean")
+    ax.set_title("Fig. 1: WER increase on test-other over test-clean", fontsize=10)
     fig.tight_layout()
-    for path in (png, pdf):
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1])
+    _save(fig, png, pdf)
     plt.close(fig)
 
 
-def build(score_paths, unsupported: list[dict], out_csv, out_md, out_tex, out_png, out_pdf):
-    rows = [row_from_score(read_json(p)) for p in score_paths] + unsupported_rows(unsupported)
+# --------------------------------------------------------------------------- Pareto
+
+
+def pooled_points(rows: list[dict]) -> dict:
+    """(model, device, entry) → pooled WER (Σ errors / Σ words over the plain splits), RTF
+    (Σ compute / Σ audio), size reduction, and whether some split's ΔWER is significant."""
+    acc = {}
+    for r in rows:
+        if r["status"] != "ok" or r.get("noise"):
+            continue
+        a = acc.setdefault((r["model"], r["device"], r["entry"]),
+                           {"err": 0.0, "n": 0, "compute": 0.0, "audio": 0.0,
+                            "size": r["size_reduction"], "splits": []})
+        words = r.get("_words")
+        if words is None:
+            raise PipelineError(f"{r['model']}/{r['device']}/{r['entry']}/{r['split']}: "
+                                "score has no word counts")
+        a["err"] += words["substitutions"] + words["deletions"] + words["insertions"]
+        a["n"] += words["n"]
+        a["compute"] += r["compute_seconds"]
+        a["audio"] += r["audio_seconds"]
+        a["splits"].append(r["split"])
+    return {k: {"wer": 100.0 * a["err"] / a["n"] if a["n"] else float("nan"),
+                "rtf": a["compute"] / a["audio"] if a["audio"] else float("nan"),
+                "size": a["size"], "splits": sorted(a["splits"])}
+            for k, a in acc.items()}
+
+
+def pareto_front(points, maximize_x: bool) -> list[int]:
+    """Indices of the non-dominated (x, wer) points, lower WER better; x is maximised
+    (size reduction) or minimised (RTF). Sorted along x."""
+    idx = []
+    for i, (x, y) in enumerate(points):
+        dominated = False
+        for j, (x2, y2) in enumerate(points):
+            if j == i:
+                continue
+            better_x = x2 >= x if maximize_x else x2 <= x
+            strictly = (x2 > x if maximize_x else x2 < x) or y2 < y
+            if better_x and y2 <= y and strictly:
+                dominated = True
+                break
+        if not dominated:
+            idx.append(i)
+    return sorted(idx, key=lambda i: points[i][0])
+
+
+def pareto_figure(rows: list[dict], device: str, png) -> None:
+    plt = _plt()
+    pooled = {k: v for k, v in pooled_points(rows).items() if k[1] == device}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    models = sorted({m for m, _, _ in pooled})
+    cmap = plt.get_cmap("tab10")
+    specs = [(axes[0], "size", True, "size reduction vs fp32 (%)  →  smaller checkpoint"),
+             (axes[1], "rtf", False, "RTF (compute s / audio s)  ←  faster")]
+    for ax, key, maximize, xlabel in specs:
+        for mi, model in enumerate(models):
+            items = sorted((e, v) for (m, _, e), v in pooled.items() if m == model)
+            pts = [(v[key], v["wer"]) for _, v in items]
+            color = cmap(mi % 10)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, zorder=3,
+                       label=model if len(models) > 1 else None)
+            for (entry, _), (x, y) in zip(items, pts):
+                ax.annotate(entry, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            front = pareto_front(pts, maximize)
+            if front:
+                fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+                ax.plot(fx, fy, color=color, lw=1, ls="--", zorder=2)
+                ax.plot(fx, fy, "o", mfc="none", mec=color, ms=11, zorder=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("WER (%), pooled over LibriSpeech splits  ↓")
+        ax.grid(alpha=0.3)
+        if len(models) > 1:
+            ax.legend(fontsize=7)
+    if not pooled:
+        axes[0].text(0.5, 0.5, f"no runs on {device}", ha="center", va="center")
+    fig.suptitle(f"Pareto fronts on {device} (circled, dashed: not dominated)")
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- noise
+
+
+def noise_figure(rows: list[dict], scores: dict, png, *, n_resamples=DEFAULT_RESAMPLES,
+                 seed=DEFAULT_SEED) -> None:
+    """WER vs SNR per (model, device, entry), one panel per noise kind; the clean split's WER
+    is drawn at the right ("clean"). Error bars: 95 % speaker-bootstrap CI of each WER."""
+    plt = _plt()
+    noisy = [r for r in rows if r["status"] == "ok" and r.get("noise")]
+    kinds = sorted({(r["base_split"], r["noise"]) for r in noisy})
+    fig, axes = plt.subplots(1, max(1, len(kinds)), figsize=(5 * max(1, len(kinds)), 4),
+                             squeeze=False)
+    if not kinds:
+        axes[0][0].text(0.5, 0.5, "no noisy splits configured\n(splits: [test-clean+white10, …])",
+                        ha="center", va="center")
+        axes[0][0].set_axis_off()
+    for ax, (base, kind) in zip(axes[0], kinds):
+        these = [r for r in noisy if (r["base_split"], r["noise"]) == (base, kind)]
+        snrs = sorted({r["snr_db"] for r in these})
+        clean_x = max(snrs) + max(5.0, (max(snrs) - min(snrs)) / 4) if snrs else 0
+        series = sorted({(r["model"], r["device"], r["entry"]) for r in these})
+        for k, (m, d, e) in enumerate(series):
+            pts = sorted((r["snr_db"], r["split"]) for r in these
+                         if (r["model"], r["device"], r["entry"]) == (m, d, e))
+            if (m, d, e, base) in scores:
+                pts.append((clean_x, base))
+            xs, ys, lo, hi = [], [], [], []
+            for x, split in pts:
+                iv = rate_interval(scores[(m, d, e, split)], n_resamples=n_resamples, seed=seed)
+                xs.append(x), ys.append(iv.estimate)
+                lo.append(iv.estimate - iv.low), hi.append(iv.high - iv.estimate)
+            label = e + (f" ({d})" if len({s[1] for s in series}) > 1 else "") \
+                + (f" [{m}]" if len({s[0] for s in series}) > 1 else "")
+            ax.errorbar([x + 0.15 * (k - len(series) / 2) for x in xs], ys, yerr=[lo, hi],
+                        marker="o", capsize=3, label=label)
+        ticks = snrs + [clean_x]
+        ax.set_xticks(ticks, [f"{s:g}" for s in snrs] + ["clean"])
+        ax.set_xlabel("SNR (dB)")
+        ax.set_ylabel("WER (%)")
+        ax.set_title(f"{base} + {kind} noise")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("WER vs SNR (bars: 95 % speaker-bootstrap CI)")
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def load_scores(score_paths):
+    scores, rows = {}, []
+    for p in score_paths:
+        s = read_json(p)
+        key = (s["model"], s["device"], s["entry"], s["split"])
+        if key in scores:
+            raise PipelineError(f"score {p}: {'/'.join(key)} is given twice")
+        scores[key] = s
+        row = row_from_score(s)
+        row["_words"] = s.get("words")
+        rows.append(row)
+    return scores, rows
+
+
+def build(score_paths, unsupported: list[dict], out_csv, out_md, out_tex, out_png, out_pdf, *,
+          pareto: dict | None = None, noise_png=None, n_resamples: int = DEFAULT_RESAMPLES,
+          seed: int = DEFAULT_SEED):
+    """Write every report output; ``pareto`` maps device → png path."""
+    boot = {"n_resamples": n_resamples, "seed": seed}
+    scores, rows = load_scores(score_paths)
+    rows += unsupported_rows(unsupported)
     rows.sort(key=lambda r: (r["model"], r["device"], r["entry"], r["split"] or ""))
+    notes = add_statistics(rows, scores, **boot)
     write_csv(rows, out_csv)
-    for path, text in ((out_md, markdown_table(rows)), (out_tex, latex_table(rows))):
+    for path, text in ((out_md, markdown_table(rows, notes)), (out_tex, latex_table(rows))):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
-    figure(rows, out_png, out_pdf)
+    figure(rows, out_png, out_pdf, scores, **boot)
+    for device, png in (pareto or {}).items():
+        pareto_figure(rows, device, png)
+    if noise_png is not None:
+        noise_figure(rows, scores, noise_png, **boot)
     return rows

@@ -1,0 +1,200 @@
+"""Report: CSV columns, Table 1 with intervals and marks, Fig. 1, Pareto fronts, noise figure."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from whisper_ptq import PipelineError, report
+from whisper_ptq.io import write_json
+
+OLD_COLUMNS = [
+    "model", "entry", "device", "split", "status", "library", "weights", "activations",
+    "act_mode", "symmetric", "granularity", "group_size", "unquantized", "wer", "cer",
+    "utterances", "audio_seconds", "compute_seconds", "rtf", "rtfx", "threads", "batch_size",
+    "size_reduction", "linear_size_reduction", "bytes_on_disk", "fp32_bytes_on_disk",
+]
+
+
+def counts(errors, n):
+    errors = int(errors)
+    return {"hits": n - errors, "substitutions": errors, "deletions": 0, "insertions": 0, "n": n}
+
+
+def make_score(model, device, entry, split, errors, *, n=20, size=0.0, rtf=0.5, spk_prefix="s",
+               hyp=None):
+    """A score file like ``whisper_ptq.cli score`` writes; ``errors[i]`` = word errors of
+    utterance i (4 utterances per speaker)."""
+    utts = []
+    for i, e in enumerate(errors):
+        utts.append({"id": f"{split[:6]}-{i:03d}", "speaker": f"{spk_prefix}{i // 4}",
+                     "words": counts(e, n), "chars": counts(2 * e, 5 * n),
+                     "ref_norm": " ".join(["w"] * n),
+                     "hyp_norm": hyp(i) if hyp else " ".join(["w"] * n)})
+    tot = lambda unit: {k: sum(u[unit][k] for u in utts) for k in utts[0][unit]}
+    w, c = tot("words"), tot("chars")
+    audio = 10.0 * len(utts)
+    return {
+        "model": model, "device": device, "entry": entry, "split": split,
+        "wer": 100.0 * w["substitutions"] / w["n"], "cer": 100.0 * c["substitutions"] / c["n"],
+        "words": w, "chars": c, "utterances": utts, "audio_seconds": audio,
+        "compute_seconds": rtf * audio, "rtf": rtf, "rtfx": 1 / rtf, "threads": 2,
+        "batch_size": 16, "size_reduction": size, "linear_size_reduction": size,
+        "bytes_on_disk": 100, "fp32_bytes_on_disk": 100,
+        "facts": {"weights": "int8" if entry != "fp32" else "float32", "activations": "float32",
+                  "act_mode": "none", "symmetric": True, "granularity": "per-tensor",
+                  "group_size": None, "unquantized": ["conv"]},
+    }
+
+
+def write_scores(tmp_path, scores):
+    paths = []
+    for s in scores:
+        p = tmp_path / "results" / s["model"] / s["device"] / s["entry"] / f"{s['split']}.score.json"
+        write_json(p, s)
+        paths.append(p)
+    return paths
+
+
+def outputs(tmp_path):
+    d = tmp_path / "report"
+    return dict(out_csv=d / "runs.csv", out_md=d / "table1.md", out_tex=d / "table1.tex",
+                out_png=d / "fig1.png", out_pdf=d / "fig1.pdf")
+
+
+def study(model="base", rng=None, noisy=()):
+    rng = rng or np.random.default_rng(0)
+    base_c = rng.integers(0, 3, 40)
+    base_o = rng.integers(1, 5, 40)
+    scores = [
+        make_score(model, "cpu", "fp32", "test-clean", base_c),
+        make_score(model, "cpu", "fp32", "test-other", base_o, spk_prefix="o"),
+        # same errors on clean (Δ 0), +3 errors per utterance on other (clearly worse)
+        make_score(model, "cpu", "int8", "test-clean", base_c, size=70.0, rtf=0.3),
+        make_score(model, "cpu", "int8", "test-other", base_o + 3, size=70.0, rtf=0.3,
+                   spk_prefix="o"),
+    ]
+    for split, extra in noisy:
+        for entry in ("fp32", "int8"):
+            scores.append(make_score(model, "cpu", entry, split, base_c + extra,
+                                     size=70.0 if entry == "int8" else 0.0))
+    return scores
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_build_writes_table_with_intervals_and_marks(tmp_path):
+    paths = write_scores(tmp_path, study())
+    out = outputs(tmp_path)
+    pareto = {"cpu": tmp_path / "report" / "pareto_cpu.png"}
+    report.build(paths, [{"model": "base", "entry": "bnb", "device": "cpu", "reason": "no"}],
+                 **out, pareto=pareto, noise_png=tmp_path / "report" / "noise.png",
+                 n_resamples=500, seed=0)
+    for p in [*out.values(), *pareto.values(), tmp_path / "report" / "noise.png"]:
+        assert p.stat().st_size > 0, p
+    rows = read_csv(out["out_csv"])
+    header = list(rows[0].keys())
+    assert header[:len(OLD_COLUMNS)] == OLD_COLUMNS  # the study's columns are kept, in order
+    for col in ("dwer", "dwer_lo", "dwer_hi", "no_regression", "sub", "del", "ins",
+                "hallucination_rate"):
+        assert col in header
+    by = {(r["entry"], r["split"]): r for r in rows}
+    other = by[("int8", "test-other")]
+    assert float(other["dwer"]) == pytest.approx(100 * 3 * 40 / (20 * 40))
+    assert float(other["dwer_lo"]) > 0 and other["dwer_significant"] == "True"
+    assert float(other["no_regression"]) == 0.0
+    clean = by[("int8", "test-clean")]
+    assert (float(clean["dwer"]), float(clean["dwer_lo"]), float(clean["dwer_hi"])) == (0, 0, 0)
+    assert clean["dwer_significant"] == "False" and float(clean["no_regression"]) == 100.0
+    assert by[("bnb", "")]["status"].startswith("unsupported")
+
+    md = out["out_md"].read_text()
+    int8_line = next(l for l in md.splitlines() if l.startswith("| int8 "))
+    assert "+0.00 [+0.00, +0.00]" in int8_line           # not marked
+    assert f"+15.00{report.MARK} [" in int8_line          # marked: interval excludes 0
+    assert "ΔWERc [95 % CI]" in md and "paired bootstrap over speakers" in md
+    assert "500 resamples, seed 0" in md
+    fp32_line = next(l for l in md.splitlines() if l.startswith("| fp32 "))
+    assert "(baseline)" in fp32_line
+    assert r"$^\dagger$" in out["out_tex"].read_text()
+
+
+def test_fig1_interval_is_a_split_difference_bootstrap(tmp_path):
+    scores = study()
+    paths = write_scores(tmp_path, scores)
+    loaded, rows = report.load_scores(paths)
+    report.add_statistics(rows, loaded, n_resamples=200, seed=0)
+    deg = report.degradation(rows, loaded, n_resamples=300, seed=0)
+    assert [(m, d, e) for m, d, e, _, _ in deg] == [("base", "cpu", "fp32"), ("base", "cpu", "int8")]
+    for _, _, _, value, iv in deg:
+        assert iv.low <= value <= iv.high and iv.high > iv.low
+        assert iv.estimate == pytest.approx(value)
+
+
+def test_noisy_splits_go_to_csv_and_noise_figure_not_table1(tmp_path):
+    scores = study(noisy=[("test-clean+white10", 1), ("test-clean+white0", 4)])
+    paths = write_scores(tmp_path, scores)
+    out = outputs(tmp_path)
+    report.build(paths, [], **out, noise_png=tmp_path / "noise.png", n_resamples=200)
+    rows = read_csv(out["out_csv"])
+    noisy = [r for r in rows if r["noise"]]
+    assert len(noisy) == 4
+    assert {(r["base_split"], r["noise"], r["snr_db"]) for r in noisy} == {
+        ("test-clean", "white", "10.0"), ("test-clean", "white", "0.0")}
+    md = out["out_md"].read_text()
+    assert "white" not in md
+    assert (tmp_path / "noise.png").stat().st_size > 0
+
+
+def test_two_models_are_compared(tmp_path):
+    paths = write_scores(tmp_path, study("tiny.en") + study("base", np.random.default_rng(1)))
+    out = outputs(tmp_path)
+    report.build(paths, [], **out, n_resamples=100)
+    md = out["out_md"].read_text()
+    assert "### base — cpu" in md and "### tiny.en — cpu" in md
+    assert "### Models compared" in md and "| WER base | WER tiny.en |" in md
+    assert {r["model"] for r in read_csv(out["out_csv"])} == {"base", "tiny.en"}
+
+
+def test_missing_baseline_leaves_delta_empty_with_a_note(tmp_path):
+    paths = write_scores(tmp_path, [s for s in study() if s["entry"] != "fp32"])
+    out = outputs(tmp_path)
+    report.build(paths, [], **out, n_resamples=100)
+    md = out["out_md"].read_text()
+    assert "no fp32 baseline run" in md
+    assert read_csv(out["out_csv"])[0]["dwer"] == ""
+
+
+def test_mismatched_utterances_are_a_clear_error(tmp_path):
+    scores = study()
+    scores[2]["utterances"] = scores[2]["utterances"][:-1]
+    paths = write_scores(tmp_path, scores)
+    with pytest.raises(PipelineError, match="base/cpu/int8/test-clean.*different utterances"):
+        report.build(paths, [], **outputs(tmp_path), n_resamples=50)
+    assert not outputs(tmp_path)["out_csv"].exists()  # nothing half-written
+
+
+def test_hallucinations_are_counted(tmp_path):
+    scores = study()
+    scores[2] = make_score("base", "cpu", "int8", "test-clean", [0] * 40, size=70.0,
+                           hyp=lambda i: " ".join(["w"] * (40 if i < 4 else 20)))
+    scores[0] = make_score("base", "cpu", "fp32", "test-clean", [0] * 40)
+    out = outputs(tmp_path)
+    report.build(write_scores(tmp_path, scores), [], **out, n_resamples=50)
+    r = next(r for r in read_csv(out["out_csv"])
+             if (r["entry"], r["split"]) == ("int8", "test-clean"))
+    assert int(r["hallucinations"]) == 4 and float(r["hallucination_rate"]) == 10.0
+
+
+def test_pareto_front():
+    # (size reduction, WER): maximise x, minimise y
+    pts = [(0.0, 5.0), (70.0, 5.2), (70.0, 6.0), (40.0, 7.0), (85.0, 9.0)]
+    assert report.pareto_front(pts, maximize_x=True) == [0, 1, 4]
+    # (RTF, WER): minimise both
+    pts = [(1.0, 5.0), (0.4, 5.2), (0.5, 6.0), (0.3, 9.0), (0.3, 9.5)]
+    assert report.pareto_front(pts, maximize_x=False) == [3, 1, 0]
