@@ -12,6 +12,7 @@ rule quantize:
     resources:
         mem_mb=16000,
         runtime=60,
+        cpus_per_task=lambda wc, threads: threads,  # CPU job (SLURM); checkpoints are device-free
     log:
         "logs/quantize/{model}/{entry}.log",
     conda:

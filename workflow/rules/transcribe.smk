@@ -14,7 +14,11 @@ rule transcribe:
     resources:
         mem_mb=16000,
         runtime=240,
+        # snakemake-executor-plugin-slurm: a cuda job asks one GPU + cpus_per_gpu, a cpu job
+        # cpus_per_task (0 = unset); partitions per device: profiles/slurm/config.yaml
         gpu=lambda wc: 1 if wc.device == "cuda" else 0,
+        cpus_per_gpu=lambda wc, threads: threads if wc.device == "cuda" else 0,
+        cpus_per_task=lambda wc, threads: 0 if wc.device == "cuda" else threads,
     log:
         "logs/transcribe/{model}/{device}/{entry}/{split}.log",
     conda:
