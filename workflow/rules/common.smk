@@ -7,8 +7,8 @@ from snakemake.utils import validate
 PKG = f"{workflow.basedir}/workflow"
 sys.path.insert(0, PKG)
 
-from whisper_ptq import PipelineError, quantizers
-from whisper_ptq.config import Study
+from whisper_ptq import PipelineError, noise, quantizers
+from whisper_ptq.config import Job, Study
 
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
@@ -31,7 +31,8 @@ wildcard_constraints:
     model=r"[\w.-]+",
     entry=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     device="cpu|cuda",
-    split=r"[a-z]+-[a-z]+",
+    # a LibriSpeech split or a noisy derived one (test-clean+white10; whisper_ptq.noise)
+    split=noise.SPLIT_PATTERN,
 
 
 def entry_config(wildcards):
@@ -43,13 +44,25 @@ def library_module(wildcards):
 
 
 def score_files():
-    return [
-        f"results/{j.model}/{j.device}/{j.entry}/{j.split}.score.json"
-        for j in STUDY.jobs()
+    """Score files of every selected run and of the fp32 baseline of each model/device/split
+    they run on (the report's ΔWER intervals are against it, even when `only` omits fp32)."""
+    jobs = STUDY.jobs()
+    baseline = [
+        Job(j.model, "fp32", j.device, j.split) for j in jobs
+        if j.device in STUDY.devices_of("fp32") and not STUDY.unsupported_reason("fp32", j.device)
     ]
+    return list(dict.fromkeys(
+        f"results/{j.model}/{j.device}/{j.entry}/{j.split}.score.json"
+        for j in jobs + baseline
+    ))
+
+
+def report_devices():
+    return sorted({j.device for j in STUDY.jobs()})
 
 
 REPORT_FILES = expand(
     "results/report/{name}",
-    name=["runs.csv", "table1.md", "table1.tex", "fig1.png", "fig1.pdf"],
+    name=["runs.csv", "table1.md", "table1.tex", "fig1.png", "fig1.pdf", "noise.png"]
+    + [f"pareto_{d}.png" for d in report_devices()],
 )

@@ -30,7 +30,8 @@ rule model:
 
 rule features:
     input:
-        split_dir="data/LibriSpeech/{split}",
+        # a noisy derived split (test-clean+white10) is made from its clean split's audio
+        split_dir=lambda wc: f"data/LibriSpeech/{noise.base_split(wc.split)}",
         model_dir="data/models/{model}",
     output:
         tensors="data/features/{model}/{split}.safetensors",

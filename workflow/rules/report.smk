@@ -1,14 +1,35 @@
+# Snakemake HTML report (snakemake --report report.html): workflow description and captions.
+report: "../report/workflow.rst"
+
+
+BOOTSTRAP = config.get("bootstrap") or {}
+# One Pareto plot per device that has runs.
+PARETO = {d: f"results/report/pareto_{d}.png" for d in report_devices()}
+
+
 rule report:
     input:
+        # every selected run plus the fp32 baseline of its model/device/split (ΔWER is
+        # against it, even when `only` leaves fp32 out)
         score_files(),
     output:
-        csv="results/report/runs.csv",
-        md="results/report/table1.md",
-        tex="results/report/table1.tex",
-        png="results/report/fig1.png",
+        csv=report("results/report/runs.csv", caption="../report/runs.rst", category="Tables"),
+        md=report("results/report/table1.md", caption="../report/table1.rst", category="Tables"),
+        tex=report("results/report/table1.tex", caption="../report/table1.rst", category="Tables"),
+        png=report("results/report/fig1.png", caption="../report/fig1.rst", category="Figures"),
         pdf="results/report/fig1.pdf",
+        **{
+            f"pareto_{d}": report(p, caption="../report/pareto.rst", category="Figures",
+                                  subcategory="Pareto", labels={"device": d})
+            for d, p in PARETO.items()
+        },
+        noise=report("results/report/noise.png", caption="../report/noise.rst",
+                     category="Robustness"),
     params:
         unsupported=json.dumps(STUDY.unsupported(), sort_keys=True),
+        pareto=" ".join(f"{d}={p}" for d, p in PARETO.items()),
+        resamples=BOOTSTRAP.get("resamples", 2000),
+        seed=BOOTSTRAP.get("seed", 0),
     log:
         "logs/report.log",
     conda:
@@ -16,4 +37,5 @@ rule report:
     shell:
         "{CLI} report --scores {input} --unsupported {params.unsupported:q}"
         " --csv {output.csv} --md {output.md} --tex {output.tex} --png {output.png}"
-        " --pdf {output.pdf} > {log} 2>&1"
+        " --pdf {output.pdf} --pareto {params.pareto} --noise-png {output.noise}"
+        " --bootstrap-resamples {params.resamples} --seed {params.seed} > {log} 2>&1"

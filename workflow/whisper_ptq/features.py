@@ -59,9 +59,12 @@ def compute_features(split_dir, model_dir, out_tensors, out_manifest, split: str
 
     extractor = WhisperFeatureExtractor.from_pretrained(model_dir)
     utts = list_utterances(split_dir, split)
+    mixer = noise_mixer(split, utts)  # None for a plain split; see whisper_ptq.noise
     tensors, rows = {}, []
     for u in tqdm(utts, desc=f"features {split}", unit="utt"):
         audio = read_flac(u.path)
+        if mixer is not None:
+            audio = mixer(u.id, u.speaker, audio)
         feats = log_mel(extractor, audio)
         tensors[u.id] = feats
         rows.append(
@@ -71,12 +74,27 @@ def compute_features(split_dir, model_dir, out_tensors, out_manifest, split: str
                 "duration": audio.size / SAMPLE_RATE,
                 "reference": u.reference,
                 "n_frames": int(feats.shape[-1]),
+                **({"noise": mixer.kind, "snr_db": mixer.snr} if mixer is not None else {}),
             }
         )
     with atomic_path(out_tensors) as tmp:
         save_file(tensors, str(tmp), metadata={"split": split, "model_dir": str(model_dir)})
     write_jsonl(out_manifest, rows)
     return len(rows)
+
+
+def noise_mixer(split: str, utts):
+    """The NoiseMixer of a derived split name (test-clean+white10), or None for a plain one.
+
+    ``split_dir`` is then the clean split's directory; babble draws from its utterances.
+    """
+    from .noise import NoiseMixer, parse_split
+
+    if "+" not in split:
+        return None
+    name = parse_split(split)
+    pool = [(u.id, u.speaker, (lambda p=u.path: read_flac(p))) for u in utts]
+    return NoiseMixer(name.kind, name.snr_db, pool)
 
 
 def load_manifest(path) -> list[dict]:
