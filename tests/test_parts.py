@@ -1,0 +1,103 @@
+"""Part selection: exactly the intended nn.Linear modules of a Whisper model."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_ptq import PipelineError
+from whisper_ptq.parts import all_linear, left_out, linear_names, part_names, validate_parts
+
+N_LAYERS = 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    cfg = WhisperConfig(vocab_size=100, d_model=16, encoder_layers=N_LAYERS,
+                        decoder_layers=N_LAYERS, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                        num_mel_bins=80, max_source_positions=50, max_target_positions=20,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                        decoder_start_token_id=3)
+    return WhisperForConditionalGeneration(cfg)
+
+
+def expected(stack, block, projs, layers=range(N_LAYERS)):
+    return {f"model.{stack}.layers.{i}.{block}{p}" for i in layers for p in projs}
+
+
+QKVO = (".q_proj", ".k_proj", ".v_proj", ".out_proj")
+
+
+def test_the_model_has_the_linear_layers_we_think(model):
+    names = set(all_linear(model))
+    assert len(names) == N_LAYERS * (4 + 2) + N_LAYERS * (4 + 4 + 2) + 1
+    assert "proj_out" in names
+
+
+@pytest.mark.parametrize("parts, want", [
+    (["encoder.self_attn"], expected("encoder", "self_attn", QKVO)),
+    (["encoder.ffn"], expected("encoder", "", ("fc1", "fc2"))),
+    (["decoder.self_attn"], expected("decoder", "self_attn", QKVO)),
+    (["decoder.cross_attn"], expected("decoder", "encoder_attn", QKVO)),
+    (["cross_attn"], expected("decoder", "encoder_attn", QKVO)),
+    (["decoder.ffn"], expected("decoder", "", ("fc1", "fc2"))),
+    (["ffn"], expected("encoder", "", ("fc1", "fc2")) | expected("decoder", "", ("fc1", "fc2"))),
+    (["self_attn"], expected("encoder", "self_attn", QKVO) | expected("decoder", "self_attn", QKVO)),
+    (["attn"], expected("encoder", "self_attn", QKVO) | expected("decoder", "self_attn", QKVO)
+     | expected("decoder", "encoder_attn", QKVO)),
+    (["encoder"], expected("encoder", "self_attn", QKVO) | expected("encoder", "", ("fc1", "fc2"))),
+    (["decoder"], expected("decoder", "self_attn", QKVO) | expected("decoder", "encoder_attn", QKVO)
+     | expected("decoder", "", ("fc1", "fc2"))),
+    (["proj_out"], {"proj_out"}),
+    (["encoder.ffn", "decoder.cross_attn"], expected("encoder", "", ("fc1", "fc2"))
+     | expected("decoder", "encoder_attn", QKVO)),
+])
+def test_parts_select_exactly_the_intended_modules(model, parts, want):
+    got = linear_names(model, parts)
+    assert set(got) == want
+    assert len(got) == len(want)  # no duplicates
+    assert set(left_out(model, parts)) == set(all_linear(model)) - want
+
+
+def test_no_parts_means_every_linear(model):
+    assert linear_names(model) == all_linear(model) == linear_names(model, ["all"])
+    assert left_out(model) == []
+
+
+def test_parts_cover_the_model_without_overlap(model):
+    pieces = ["encoder.self_attn", "encoder.ffn", "decoder.self_attn", "decoder.cross_attn",
+              "decoder.ffn", "proj_out"]
+    sets = [set(linear_names(model, [p])) for p in pieces]
+    assert sum(len(s) for s in sets) == len(set().union(*sets)) == len(all_linear(model))
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (["encoder.cross_attn"], "unknown model part"),
+    (["mlp"], "unknown model part"),
+    ([], "non-empty"),
+    (["ffn", "ffn"], "twice"),
+    ([3], "not a part name"),
+])
+def test_bad_parts_are_clear_errors(bad, msg):
+    with pytest.raises(PipelineError, match=msg):
+        validate_parts(bad)
+
+
+def test_a_part_matching_nothing_is_an_error():
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj_out = nn.Linear(2, 2)
+
+    with pytest.raises(PipelineError, match="matches no nn.Linear"):
+        linear_names(Tiny(), ["encoder.ffn"])
+    assert linear_names(Tiny(), ["proj_out"]) == ["proj_out"]
+
+
+def test_part_names_are_all_valid():
+    for p in part_names():
+        assert validate_parts([p]) == [p]
