@@ -101,3 +101,40 @@ def test_a_part_matching_nothing_is_an_error():
 def test_part_names_are_all_valid():
     for p in part_names():
         assert validate_parts([p]) == [p]
+
+
+def test_torch_entry_with_parts_quantizes_exactly_those_modules(model):
+    import copy
+
+    import torch
+
+    from whisper_ptq import quantizers
+
+    q = quantizers.get("torch")
+    entry = q.validate("t", {"library": "torch", "scheme": "int8-dynamic",
+                             "parts": ["encoder.ffn", "decoder.cross_attn"]})
+    assert entry["parts"] == ["encoder.ffn", "decoder.cross_attn"]
+    qm = q.quantize(copy.deepcopy(model), entry)
+    dyn = torch.ao.nn.quantized.dynamic.Linear
+    quantized = {n for n, m in qm.named_modules() if isinstance(m, dyn)}
+    assert quantized == set(linear_names(model, entry["parts"]))
+    still_float = {n for n, m in qm.named_modules() if type(m) is torch.nn.Linear}
+    assert still_float == set(left_out(model, entry["parts"]))
+    facts = q.describe(entry)
+    assert facts["parts"] == "encoder.ffn; decoder.cross_attn"
+    assert "nn.Linear outside encoder.ffn+decoder.cross_attn" in facts["unquantized"]
+    # without parts: every nn.Linear, and facts say so
+    full = q.quantize(copy.deepcopy(model), q.validate("t", {"library": "torch",
+                                                           "scheme": "int8-dynamic"}))
+    assert {n for n, m in full.named_modules() if isinstance(m, dyn)} == set(all_linear(model))
+    assert q.describe(q.validate("t", {"library": "torch", "scheme": "int8-dynamic"}))["parts"] == "all"
+
+
+def test_entry_parts_are_validated_with_the_entry_name():
+    from whisper_ptq import quantizers
+
+    with pytest.raises(PipelineError, match="entry 'x': unknown model part 'encoder.cross_attn'"):
+        quantizers.get("torch").validate("x", {"library": "torch", "scheme": "int8-dynamic",
+                                               "parts": ["encoder.cross_attn"]})
+    with pytest.raises(PipelineError, match="entry 'f'.*cannot restrict"):
+        quantizers.get("fp").validate("f", {"library": "fp", "scheme": "fp32", "parts": ["ffn"]})

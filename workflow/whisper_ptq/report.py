@@ -32,6 +32,8 @@ CSV_FIELDS = [
     "hallucination_rate", "speakers", "bootstrap_resamples", "bootstrap_seed", "ci_level",
     # noisy derived splits
     "base_split", "noise", "snr_db",
+    # the model parts an entry quantizes ("all" or e.g. "encoder.ffn"; whisper_ptq.parts)
+    "parts",
 ]
 
 
@@ -40,6 +42,7 @@ def row_from_score(score: dict) -> dict:
     row = {k: score.get(k) for k in CSV_FIELDS}
     row.update({k: facts.get(k) for k in facts if k in CSV_FIELDS})
     row["unquantized"] = "; ".join(facts.get("unquantized", []))
+    row["utterances"] = score["n_utterances"]
     row["status"] = "ok"
     name = parse_split(score["split"])
     row.update(base_split=name.base, noise=name.kind, snr_db=name.snr_db)

@@ -32,6 +32,8 @@ class Quantizer:
     # option name -> allowed values (a tuple) or a type
     options: ClassVar[dict[str, Any]] = {}
     devices: ClassVar[tuple[str, ...]] = DEVICES
+    # whether quantize/load honour an entry's `parts:` (whisper_ptq.parts; see targets())
+    supports_parts: ClassVar[bool] = False
 
     # -- config ---------------------------------------------------------------------------
     def validate(self, name: str, entry: dict) -> dict:
@@ -43,7 +45,7 @@ class Quantizer:
             )
         out = {"library": self.library, "scheme": scheme, **self.schemes[scheme]}
         for key, value in entry.items():
-            if key in ("library", "scheme", "devices"):
+            if key in ("library", "scheme", "devices", "parts"):
                 continue
             if key not in self.options:
                 raise PipelineError(
@@ -57,6 +59,16 @@ class Quantizer:
                     f"entry {name!r}: option {key}={value!r} is invalid; allowed: {allowed}"
                 )
             out[key] = value
+        if "parts" in entry:
+            from ..parts import validate_parts
+
+            if not self.supports_parts:
+                raise PipelineError(f"entry {name!r}: library {self.library!r} cannot restrict "
+                                    "quantization to model parts ('parts') yet")
+            try:
+                out["parts"] = validate_parts(entry["parts"])
+            except PipelineError as e:
+                raise PipelineError(f"entry {name!r}: {e}") from None
         devices = entry.get("devices")
         if devices is not None:
             out["devices"] = list(devices)
@@ -87,6 +99,12 @@ class Quantizer:
     def needs_calibration(self, entry: dict) -> bool:
         return False
 
+    def targets(self, model, entry: dict) -> list[str]:
+        """Names of the nn.Linear modules this entry quantizes (all, or its ``parts``)."""
+        from ..parts import linear_names as part_linear_names
+
+        return part_linear_names(model, entry.get("parts"))
+
 
 def facts(
     *,
@@ -97,6 +115,7 @@ def facts(
     granularity: str,
     group_size: int | None = None,
     unquantized: list[str] | None = None,
+    parts: list[str] | None = None,
 ) -> dict:
     """The scheme facts recorded with every result (one dict shape for every library)."""
     return {
@@ -107,7 +126,14 @@ def facts(
         "granularity": granularity,
         "group_size": group_size,
         "unquantized": unquantized if unquantized is not None else list(FLOAT_PARTS),
+        "parts": "; ".join(parts) if parts else "all",
     }
+
+
+def float_parts(entry: dict) -> list[str]:
+    """FLOAT_PARTS, plus the nn.Linear layers outside an entry's ``parts``."""
+    parts = entry.get("parts")
+    return list(FLOAT_PARTS) + ([f"nn.Linear outside {'+'.join(parts)}"] if parts else [])
 
 
 def tensor_bytes(obj) -> int:

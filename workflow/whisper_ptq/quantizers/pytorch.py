@@ -10,21 +10,21 @@ from __future__ import annotations
 import warnings
 
 from .. import PipelineError
-from .base import Quantizer, facts
+from .base import Quantizer, facts, float_parts
 
 WEIGHTS = "model.pt"
 
 
-def _quantize_dynamic(model, granularity):
+def _quantize_dynamic(model, granularity, targets=None):
+    """``targets``: names of the nn.Linear modules to quantize (None = every nn.Linear)."""
     import torch
     from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
     qconfig = per_channel_dynamic_qconfig if granularity == "per-channel" else default_dynamic_qconfig
+    spec = {torch.nn.Linear: qconfig} if targets is None else {n: qconfig for n in targets}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.ao.quantization.quantize_dynamic(
-            model, {torch.nn.Linear: qconfig}, dtype=torch.qint8
-        )
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 class TorchDynamic(Quantizer):
@@ -32,6 +32,7 @@ class TorchDynamic(Quantizer):
     schemes = {"int8-dynamic": {"granularity": "per-tensor"}}
     options = {"granularity": ("per-tensor", "per-channel")}
     devices = ("cpu",)
+    supports_parts = True
 
     def unsupported(self, entry, device):
         if device != "cpu":
@@ -40,10 +41,13 @@ class TorchDynamic(Quantizer):
 
     def describe(self, entry):
         return facts(weights="int8", activations="int8", act_mode="dynamic", symmetric=True,
-                     granularity=entry["granularity"])
+                     granularity=entry["granularity"], parts=entry.get("parts"),
+                     unquantized=float_parts(entry))
 
     def quantize(self, model, entry, calibration=None):
-        return _quantize_dynamic(model.float().cpu(), entry["granularity"])
+        model = model.float().cpu()
+        targets = self.targets(model, entry) if entry.get("parts") else None
+        return _quantize_dynamic(model, entry["granularity"], targets)
 
     def save(self, model, entry, out_dir):
         import torch
@@ -57,7 +61,9 @@ class TorchDynamic(Quantizer):
 
         if device != "cpu":
             raise PipelineError(self.unsupported(entry, device))
-        model = _quantize_dynamic(load_fp32(model_dir), entry["granularity"])
+        model = load_fp32(model_dir)
+        targets = self.targets(model, entry) if entry.get("parts") else None
+        model = _quantize_dynamic(model, entry["granularity"], targets)
         state = torch.load(ckpt_dir / WEIGHTS, weights_only=True, map_location="cpu")
         model.load_state_dict(state)
         return model.eval()
