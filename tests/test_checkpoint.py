@@ -1,0 +1,89 @@
+"""Checkpoint save/load mechanics for the fp and torch modules (tiny random model)."""
+
+import json
+
+import pytest
+import torch
+
+from whisper_ptq import PipelineError
+from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
+from whisper_ptq.modeling import check_device, load_fp32
+from whisper_ptq.quantizers import get
+
+FEATS = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+
+
+def logits(model):
+    with torch.no_grad():
+        dec = torch.full((FEATS.shape[0], 4), model.config.decoder_start_token_id)
+        return model(input_features=FEATS.to(model.dtype), decoder_input_ids=dec).logits.float()
+
+
+def test_fp32_checkpoint_reloads_identically(random_model_dir, tmp_path):
+    entry = get("fp").validate("fp32", {"library": "fp", "scheme": "fp32"})
+    meta = save_checkpoint("fp32", entry, random_model_dir, tmp_path / "fp32")
+    model, meta2 = load_checkpoint(tmp_path / "fp32", random_model_dir, "cpu")
+    assert torch.equal(logits(model), logits(load_fp32(random_model_dir)))
+    assert meta2 == json.loads((tmp_path / "fp32" / "quant.json").read_text()) == {**meta, **meta2}
+    assert meta["bytes_on_disk"] > 0 and meta["linear_bytes"] == meta["fp32_linear_bytes"]
+
+
+@pytest.mark.parametrize("granularity", ["per-tensor", "per-channel"])
+def test_torch_dynamic_int8_reloads_identically(random_model_dir, tmp_path, granularity):
+    q = get("torch")
+    entry = q.validate("t", {"library": "torch", "scheme": "int8-dynamic", "granularity": granularity})
+    in_memory = q.quantize(load_fp32(random_model_dir), entry)
+    meta = save_checkpoint("t", entry, random_model_dir, tmp_path / "t")
+    reloaded, _ = load_checkpoint(tmp_path / "t", random_model_dir, "cpu")
+    assert torch.equal(logits(reloaded), logits(in_memory))
+    assert not torch.equal(logits(reloaded), logits(load_fp32(random_model_dir)))
+    kinds = {type(m).__name__ for m in reloaded.modules()}
+    assert "Linear" in kinds and not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear
+                                         for m in reloaded.modules())
+    # int8 weights: the linear layers shrink to about a quarter
+    assert 0.2 < meta["linear_bytes"] / meta["fp32_linear_bytes"] < 0.35
+    assert meta["facts"] == {"library": "torch", "weights": "int8", "activations": "int8",
+                             "act_mode": "dynamic", "symmetric": True, "granularity": granularity,
+                             "group_size": None, "unquantized": meta["facts"]["unquantized"]}
+    per_ch = reloaded.model.encoder.layers[0].fc1.weight().qscheme()
+    assert (per_ch == torch.per_channel_affine) == (granularity == "per-channel")
+
+
+def test_checkpoint_loading_never_unpickles_objects(random_model_dir, tmp_path):
+    entry = get("torch").validate("t", {"library": "torch", "scheme": "int8-dynamic"})
+    save_checkpoint("t", entry, random_model_dir, tmp_path / "t")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "t" / "model.pt")
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        load_checkpoint(tmp_path / "t", random_model_dir, "cpu")
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path, random_model_dir):
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(PipelineError, match="not a complete checkpoint"):
+        load_checkpoint(tmp_path / "ckpt", random_model_dir, "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_without_cuda_is_a_clear_error(random_model_dir, tmp_path):
+    with pytest.raises(PipelineError, match="device 'cuda' was requested but no CUDA device"):
+        check_device("cuda")
+    entry = get("fp").validate("fp32", {"library": "fp", "scheme": "fp32"})
+    save_checkpoint("fp32", entry, random_model_dir, tmp_path / "fp32")
+    from whisper_ptq.transcribe import transcribe_checkpoint
+
+    with pytest.raises(PipelineError, match="no CUDA device"):
+        transcribe_checkpoint(tmp_path / "fp32", random_model_dir, "x", "y", "cuda", {},
+                              tmp_path / "h.jsonl", tmp_path / "t.json")
+    assert not (tmp_path / "h.jsonl").exists()
+
+
+def test_torch_checkpoint_on_cuda_is_refused(random_model_dir, tmp_path):
+    entry = get("torch").validate("t", {"library": "torch", "scheme": "int8-dynamic"})
+    save_checkpoint("t", entry, random_model_dir, tmp_path / "t")
+    with pytest.raises(PipelineError, match="cannot run on cuda"):
+        load_checkpoint(tmp_path / "t", random_model_dir, "cuda")

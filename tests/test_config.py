@@ -1,0 +1,80 @@
+"""Config validation: schema types, libraries, schemes, devices, model dirs, `only`."""
+
+import pytest
+
+from whisper_ptq import PipelineError
+from whisper_ptq.config import Study, validate_schema
+
+
+def cfg(model_dir, **over):
+    c = {"model": str(model_dir),
+         "entries": {"fp32": {"library": "fp", "scheme": "fp32"},
+                     "torch-int8-dyn": {"library": "torch", "scheme": "int8-dynamic"}}}
+    c.update(over)
+    return validate_schema(c)
+
+
+def test_defaults_filled_and_jobs_expanded(tmp_path, random_model_dir):
+    study = Study(cfg(random_model_dir, devices="cpu,cuda", limit=3))
+    assert study.splits == ["test-clean", "test-other"] and study.limit == 3
+    assert study.decoding == {"batch_size": 16, "language": "en", "task": "transcribe",
+                              "max_new_tokens": 440}
+    jobs = {(j.entry, j.device, j.split) for j in study.jobs()}
+    assert ("torch-int8-dyn", "cuda", "test-clean") not in jobs
+    assert ("fp32", "cuda", "test-other") in jobs and len(jobs) == 6
+    [u] = study.unsupported()
+    assert (u["entry"], u["device"]) == ("torch-int8-dyn", "cuda") and "CPU" in u["reason"]
+
+
+def test_wrong_type_names_the_key(random_model_dir):
+    with pytest.raises(PipelineError, match="limit"):
+        cfg(random_model_dir, limit="twenty")
+    with pytest.raises(PipelineError, match="batch_size"):
+        cfg(random_model_dir, decoding={"batch_size": "big"})
+    with pytest.raises(PipelineError, match="bogus"):
+        cfg(random_model_dir, bogus=1)
+
+
+def test_unknown_library_and_scheme(random_model_dir):
+    with pytest.raises(PipelineError, match="unknown library 'onnx'"):
+        Study(cfg(random_model_dir, entries={"fp32": {"library": "fp", "scheme": "fp32"},
+                                             "x": {"library": "onnx", "scheme": "int8"}}))
+    with pytest.raises(PipelineError, match="entry 'x': unknown scheme 'int3-dynamic'"):
+        Study(cfg(random_model_dir, entries={"fp32": {"library": "fp", "scheme": "fp32"},
+                                             "x": {"library": "torch", "scheme": "int3-dynamic"}}))
+    with pytest.raises(PipelineError, match="option 'bits' is not known"):
+        Study(cfg(random_model_dir, entries={"fp32": {"library": "fp", "scheme": "fp32"},
+                                             "x": {"library": "torch", "scheme": "int8-dynamic", "bits": 4}}))
+
+
+def test_library_device_combination_that_cannot_run(random_model_dir):
+    entries = {"fp32": {"library": "fp", "scheme": "fp32"},
+               "t": {"library": "torch", "scheme": "int8-dynamic", "devices": ["cuda"]}}
+    with pytest.raises(PipelineError, match="entry 't' cannot run on cuda: .*CPU kernels only"):
+        Study(cfg(random_model_dir, entries=entries))
+
+
+def test_missing_model_directory(tmp_path):
+    with pytest.raises(PipelineError, match=f"model directory {tmp_path}/nope does not exist"):
+        Study(cfg(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PipelineError, match="no config.json"):
+        Study(cfg(tmp_path / "empty"))
+
+
+def test_hub_id_is_accepted_without_network():
+    study = Study(validate_schema({"model": "openai/whisper-small",
+                                   "entries": {"fp32": {"library": "fp", "scheme": "fp32"}}}))
+    assert study.models == {"whisper-small": "openai/whisper-small"}
+
+
+def test_only_filters_and_rejects_unknown_names(random_model_dir):
+    study = Study(cfg(random_model_dir, only="torch-int8-dyn", devices=["cpu"]))
+    assert {j.entry for j in study.jobs()} == {"torch-int8-dyn"}
+    with pytest.raises(PipelineError, match="unknown entry fp16"):
+        Study(cfg(random_model_dir, only="fp32,fp16"))
+
+
+def test_fp32_baseline_is_required(random_model_dir):
+    with pytest.raises(PipelineError, match="fp32 baseline"):
+        Study(cfg(random_model_dir, entries={"t": {"library": "torch", "scheme": "int8-dynamic"}}))

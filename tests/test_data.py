@@ -1,0 +1,98 @@
+"""Archive download (file:// URLs), md5 checks, atomic extraction, reference parsing."""
+
+import io
+import shutil
+import tarfile
+
+import pytest
+
+from whisper_ptq import PipelineError
+from whisper_ptq.data import (archive_url, download, expected_md5, extract_split,
+                              fetch_md5sums, list_utterances, md5_of)
+
+
+def file_url(path):
+    return path.resolve().as_uri()
+
+
+def test_md5sum_txt_of_mirror_gives_the_archive_checksum(mini_dir):
+    sums = fetch_md5sums(file_url(mini_dir))
+    assert set(sums) == {"test-clean.tar.gz", "test-other.tar.gz"}
+    assert sums["test-other.tar.gz"] == md5_of(mini_dir / "test-other.tar.gz")
+    assert expected_md5(file_url(mini_dir), "test-clean") == md5_of(mini_dir / "test-clean.tar.gz")
+    assert expected_md5(file_url(mini_dir), "test-clean", "ABC" * 10 + "AB") == "abc" * 10 + "ab"
+
+
+def test_split_missing_from_md5sum_txt_is_named(mini_dir):
+    with pytest.raises(PipelineError, match="no checksum for dev-clean.tar.gz"):
+        expected_md5(file_url(mini_dir), "dev-clean")
+
+
+def test_download_file_url_and_extract(mini_dir, tmp_path):
+    url = archive_url(file_url(mini_dir), "test-other")
+    md5 = md5_of(mini_dir / "test-other.tar.gz")
+    archive = download(url, tmp_path / "a" / "test-other.tar.gz", md5)
+    split = extract_split(archive, "test-other", tmp_path / "LibriSpeech" / "test-other")
+    utts = list_utterances(split, "test-other")
+    assert len(utts) == 70
+    assert len({u.speaker for u in utts}) == 10
+    assert all(u.path.is_file() and u.reference.isupper() for u in utts)
+    assert [p.name for p in tmp_path.joinpath("LibriSpeech").iterdir()] == ["test-other"]
+
+
+def test_wrong_md5_keeps_nothing(mini_dir, tmp_path):
+    dest = tmp_path / "test-clean.tar.gz"
+    with pytest.raises(PipelineError, match="md5 mismatch"):
+        download(archive_url(file_url(mini_dir), "test-clean"), dest, "0" * 32)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_url_is_a_clear_error(tmp_path):
+    with pytest.raises(PipelineError, match="cannot fetch"):
+        download((tmp_path / "nope.tar.gz").as_uri(), tmp_path / "x.tar.gz", "0" * 32)
+
+
+def test_truncated_archive_leaves_no_split_dir(mini_dir, tmp_path):
+    data = (mini_dir / "test-other.tar.gz").read_bytes()
+    bad = tmp_path / "test-other.tar.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    dest = tmp_path / "out" / "test-other"
+    with pytest.raises(PipelineError, match="truncated or corrupt"):
+        extract_split(bad, "test-other", dest)
+    assert not dest.exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no temp dir left behind either
+
+
+def _tar_with(tmp_path, files: dict[str, bytes]):
+    path = tmp_path / "test-clean.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def test_utterance_without_reference_line_is_named(clean_split_dir, tmp_path):
+    copy = shutil.copytree(clean_split_dir, tmp_path / "test-clean")
+    trans = next(copy.rglob("*.trans.txt"))
+    lines = trans.read_text().splitlines()
+    trans.write_text("\n".join(lines[1:]) + "\n")
+    dropped = lines[0].split()[0]
+    with pytest.raises(PipelineError, match=f"without a reference line.*{dropped}.flac"):
+        list_utterances(copy, "test-clean")
+
+
+def test_reference_without_audio_is_named(tmp_path):
+    archive = _tar_with(tmp_path, {
+        "LibriSpeech/test-clean/1/2/1-2.trans.txt": b"1-2-0000 HELLO WORLD\n",
+    })
+    with pytest.raises(PipelineError, match="without a FLAC file, e.g. 1-2-0000"):
+        extract_split(archive, "test-clean", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_archive_without_the_split_is_rejected(tmp_path):
+    archive = _tar_with(tmp_path, {"LibriSpeech/dev-clean/1/2/1-2.trans.txt": b"x Y\n"})
+    with pytest.raises(PipelineError, match="no files under LibriSpeech/test-clean/"):
+        extract_split(archive, "test-clean", tmp_path / "out")
