@@ -67,11 +67,18 @@ def cmd_score(a):
 
     timing = read_json(a.timing)
     score = score_rows(read_jsonl(a.hyp))
-    score.update({k: timing[k] for k in ("entry", "split", "device", "facts", "utterances",
-                                         "audio_seconds", "compute_seconds", "rtf", "rtfx",
-                                         "threads", "batch_size")})
+    # score["utterances"] is the per-utterance list; the count goes to n_utterances
+    score.update({k: timing[k] for k in ("entry", "split", "device", "facts", "audio_seconds",
+                                         "compute_seconds", "rtf", "rtfx", "threads",
+                                         "batch_size")})
+    score["n_utterances"] = timing["utterances"]
     score["model"] = a.model
-    score.update(size_reduction(read_json(a.meta), read_json(a.fp32_meta)))
+    meta = read_json(a.meta)
+    # what produced this result: the entry's config, decoding, and both steps' provenance
+    score.update({"config": meta["config"], "decoding": timing.get("decoding"),
+                  "provenance": {"quantize": meta.get("provenance"),
+                                 "transcribe": timing.get("provenance")}})
+    score.update(size_reduction(meta, read_json(a.fp32_meta)))
     write_json(a.out, score)
     print(f"{a.model} {score['entry']} {score['device']} {score['split']}: "
           f"WER {score['wer']:.2f} CER {score['cer']:.2f}")
