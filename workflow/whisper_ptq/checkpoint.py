@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import PipelineError, quantizers
+from . import PipelineError, provenance, quantizers
 from .io import atomic_path, dir_bytes, read_json, write_json
 from .quantizers.base import linear_bytes, linear_names
 
@@ -39,6 +39,8 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
         "config": entry,
         "facts": {"library": entry["library"], **q.describe(entry)},
         "quantize_seconds": seconds,
+        # versions, CPU/GPU, threads, git commit, SLURM job of this quantization
+        "provenance": provenance.collect(library=entry["library"]),
         "linear_bytes": linear_bytes(qmodel, names),
         "fp32_linear_bytes": fp32_linear,
         "calibration_batches": len(calibration or []),
