@@ -138,3 +138,44 @@ def test_entry_parts_are_validated_with_the_entry_name():
                                                "parts": ["encoder.cross_attn"]})
     with pytest.raises(PipelineError, match="entry 'f'.*cannot restrict"):
         quantizers.get("fp").validate("f", {"library": "fp", "scheme": "fp32", "parts": ["ffn"]})
+
+
+@pytest.fixture
+def fake_model_dir(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    return tmp_path
+
+
+def test_sweep_expands_into_one_entry_per_part(fake_model_dir):
+    from whisper_ptq.config import Study, validate_schema
+
+    base = {"model": str(fake_model_dir), "devices": "cpu", "entries": {
+        "fp32": {"library": "fp", "scheme": "fp32"},
+        "int8": {"library": "torch", "scheme": "int8-dynamic", "granularity": "per-channel"}}}
+    s = Study(validate_schema({**base, "sweep": {"entry": "int8", "parts": ["encoder.ffn", "decoder"]}}))
+    assert s.sweep == {"entry": "int8", "parts": {"encoder.ffn": "int8+encoder.ffn",
+                                                   "decoder": "int8+decoder"}}
+    assert s.entries["int8+encoder.ffn"]["parts"] == ["encoder.ffn"]
+    assert s.entries["int8+encoder.ffn"]["granularity"] == "per-channel"  # the entry's options
+    assert s.selected == ["fp32", "int8", "int8+encoder.ffn", "int8+decoder"]
+    only = Study(validate_schema({**base, "only": "int8", "sweep": {"entry": "int8",
+                                                                      "parts": ["decoder"]}}))
+    assert only.selected == ["int8", "int8+decoder"]
+    default = Study(validate_schema({**base, "sweep": {"entry": "int8"}}))
+    assert len(default.sweep["parts"]) == 8
+    assert Study(validate_schema(dict(base))).sweep is None
+
+
+@pytest.mark.parametrize("sweep, msg", [
+    ({"entry": "nope"}, "unknown entry 'nope'"),
+    ({"entry": "fp32", "parts": ["ffn"]}, "cannot restrict"),
+    ({"entry": "int8", "parts": ["encoder.cross_attn"]}, "unknown model part"),
+])
+def test_bad_sweeps_are_clear_errors(fake_model_dir, sweep, msg):
+    from whisper_ptq.config import Study, validate_schema
+
+    base = {"model": str(fake_model_dir), "devices": "cpu", "entries": {
+        "fp32": {"library": "fp", "scheme": "fp32"},
+        "int8": {"library": "torch", "scheme": "int8-dynamic"}}}
+    with pytest.raises(PipelineError, match=msg):
+        Study(validate_schema({**base, "sweep": sweep}))

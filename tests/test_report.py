@@ -199,3 +199,26 @@ def test_pareto_front():
     # (RTF, WER): minimise both
     pts = [(1.0, 5.0), (0.4, 5.2), (0.5, 6.0), (0.3, 9.0), (0.3, 9.5)]
     assert report.pareto_front(pts, maximize_x=False) == [3, 1, 0]
+
+
+def test_sweep_table_and_heatmap(tmp_path):
+    rng = np.random.default_rng(2)
+    base_c, base_o = rng.integers(0, 3, 40), rng.integers(1, 5, 40)
+    scores = [make_score("base", "cpu", "fp32", "test-clean", base_c),
+              make_score("base", "cpu", "fp32", "test-other", base_o, spk_prefix="o")]
+    extra = {"q+encoder": 0, "q+decoder": 2, "q": 2}
+    for entry, e in extra.items():
+        scores += [make_score("base", "cpu", entry, "test-clean", base_c + e, size=30.0),
+                   make_score("base", "cpu", entry, "test-other", base_o + e, size=30.0,
+                              spk_prefix="o")]
+    sweep = {"entry": "q", "parts": {"encoder": "q+encoder", "decoder": "q+decoder"}}
+    out = outputs(tmp_path)
+    md, png = tmp_path / "sweep.md", tmp_path / "sweep.png"
+    report.build(write_scores(tmp_path, scores), [], **out, n_resamples=200, sweep=sweep,
+                 sweep_md=md, sweep_png=png)
+    lines = md.read_text().splitlines()
+    rows = [l for l in lines if l.startswith("| ") and not l.startswith("| Part")]
+    assert [r.split(" | ")[0] for r in rows] == ["| encoder", "| decoder", "| all"]
+    assert "+0.00 [+0.00, +0.00]" in rows[0]
+    assert f"+10.00{report.MARK} [+10.00, +10.00]" in rows[1]
+    assert png.stat().st_size > 0

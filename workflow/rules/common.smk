@@ -64,5 +64,6 @@ def report_devices():
 REPORT_FILES = expand(
     "results/report/{name}",
     name=["runs.csv", "table1.md", "table1.tex", "fig1.png", "fig1.pdf", "noise.png"]
-    + [f"pareto_{d}.png" for d in report_devices()],
+    + [f"pareto_{d}.png" for d in report_devices()]
+    + (["sweep.md", "sweep.png"] if STUDY.sweep else []),
 )

@@ -1,3 +1,5 @@
+import shlex
+
 # Snakemake HTML report (snakemake --report report.html): workflow description and captions.
 report: "../report/workflow.rst"
 
@@ -5,6 +7,19 @@ report: "../report/workflow.rst"
 BOOTSTRAP = config.get("bootstrap") or {}
 # One Pareto plot per device that has runs.
 PARETO = {d: f"results/report/pareto_{d}.png" for d in report_devices()}
+# Sensitivity sweep (config `sweep:`): ΔWER by part, table and heatmap.
+SWEEP = (
+    {"sweep_md": "results/report/sweep.md", "sweep_png": "results/report/sweep.png"}
+    if STUDY.sweep
+    else {}
+)
+
+
+def sweep_args(wildcards, output):
+    if not STUDY.sweep:
+        return ""
+    return (f"--sweep {shlex.quote(json.dumps(STUDY.sweep))}"  # parts in config order
+            f" --sweep-md {output.sweep_md} --sweep-png {output.sweep_png}")
 
 
 rule report:
@@ -25,11 +40,16 @@ rule report:
         },
         noise=report("results/report/noise.png", caption="../report/noise.rst",
                      category="Robustness"),
+        **{
+            k: report(p, caption="../report/sweep.rst", category="Sensitivity")
+            for k, p in SWEEP.items()
+        },
     params:
         unsupported=json.dumps(STUDY.unsupported(), sort_keys=True),
         pareto=" ".join(f"{d}={p}" for d, p in PARETO.items()),
         resamples=BOOTSTRAP.get("resamples", 2000),
         seed=BOOTSTRAP.get("seed", 0),
+        sweep=sweep_args,
     log:
         "logs/report.log",
     conda:
@@ -38,4 +58,5 @@ rule report:
         "{CLI} report --scores {input} --unsupported {params.unsupported:q}"
         " --csv {output.csv} --md {output.md} --tex {output.tex} --png {output.png}"
         " --pdf {output.pdf} --pareto {params.pareto} --noise-png {output.noise}"
-        " --bootstrap-resamples {params.resamples} --seed {params.seed} > {log} 2>&1"
+        " --bootstrap-resamples {params.resamples} --seed {params.seed} {params.sweep}"
+        " > {log} 2>&1"

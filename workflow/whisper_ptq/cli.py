@@ -90,7 +90,9 @@ def cmd_report(a):
     unsupported = json.loads(a.unsupported) if a.unsupported else []
     pareto = dict(p.split("=", 1) for p in a.pareto)  # device=path
     rows = build(a.scores, unsupported, a.csv, a.md, a.tex, a.png, a.pdf, pareto=pareto,
-                 noise_png=a.noise_png, n_resamples=a.bootstrap_resamples, seed=a.seed)
+                 noise_png=a.noise_png, n_resamples=a.bootstrap_resamples, seed=a.seed,
+                 sweep=json.loads(a.sweep) if a.sweep else None, sweep_md=a.sweep_md,
+                 sweep_png=a.sweep_png)
     print(f"report: {len(rows)} rows")
 
 
@@ -150,6 +152,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.set_defaults(func=cmd_report)
     return p
+    s.add_argument("--sweep", default="", help="JSON of Study.sweep (sensitivity sweep)")
+    s.add_argument("--sweep-md", default=None)
+    s.add_argument("--sweep-png", default=None)
 
 
 def main(argv=None) -> int:

@@ -63,18 +63,43 @@ class Study:
         for name, raw in config["entries"].items():
             self.entries[name] = quantizers.get(raw["library"]).validate(name, raw)
         only = as_list(config.get("only"))
+        self.sweep = self._sweep(config.get("sweep"))
         unknown = [n for n in only if n not in self.entries]
         if unknown:
             raise PipelineError(
                 f"config 'only': unknown entr{'y' if len(unknown) == 1 else 'ies'} "
                 f"{', '.join(unknown)}; known: {', '.join(self.entries)}"
             )
-        self.selected = [n for n in self.entries if not only or n in only]
+        self.selected = [n for n in self.entries if not only or n in only
+                         or (self.sweep and n in self.sweep["parts"].values()
+                             and self.sweep["entry"] in only)]
         if "fp32" not in self.entries or self.entries["fp32"]["scheme"] != "fp32":
             raise PipelineError("config 'entries' must define the fp32 baseline as 'fp32' "
                                 "(library: fp, scheme: fp32): size reduction is against it")
 
     def devices_of(self, name: str) -> list[str]:
+    def _sweep(self, sweep: dict | None) -> dict | None:
+        """Sensitivity sweep: one entry per part, ``<entry>+<part>`` = the entry's scheme on
+        that part only (whisper_ptq.parts). Selected whenever its base entry is."""
+        if not sweep:
+            return None
+        base = sweep["entry"]
+        if base not in self.entries:
+            raise PipelineError(f"config 'sweep': unknown entry {base!r}; known: "
+                                f"{', '.join(self.entries)}")
+        raw = self.config["entries"][base]
+        if raw.get("parts"):
+            raise PipelineError(f"config 'sweep': entry {base!r} already restricts 'parts'")
+        names = {}
+        for part in sweep["parts"]:
+            name = f"{base}+{part}"
+            if name in self.entries:
+                raise PipelineError(f"config 'sweep': entry {name!r} is also defined in 'entries'")
+            self.entries[name] = quantizers.get(raw["library"]).validate(
+                name, {**raw, "parts": [part]})
+            names[part] = name
+        return {"entry": base, "parts": names}
+
         entry = self.entries[name]
         return [d for d in self.devices if d in entry.get("devices", self.devices)]
 

@@ -416,6 +416,84 @@ def noise_figure(rows: list[dict], scores: dict, png, *, n_resamples=DEFAULT_RES
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------- sweep
+
+
+def sweep_matrix(rows: list[dict], sweep: dict):
+    """Per (model, device): [(part, {split: (ΔWER, lo, hi, significant)}, size red.)] for the
+    sweep's parts, then "all" (the unrestricted entry) when it was run."""
+    order = list(sweep["parts"].items()) + [("all", sweep["entry"])]
+    plain = [r for r in rows if r["status"] == "ok" and not r.get("noise")]
+    splits = split_order({r["split"] for r in plain})
+    out = {}
+    for model, device in sorted({(r["model"], r["device"]) for r in plain}):
+        lines = []
+        for part, entry in order:
+            cells = {r["split"]: (r["dwer"], r["dwer_lo"], r["dwer_hi"], bool(r["dwer_significant"]))
+                     for r in plain if (r["model"], r["device"], r["entry"]) == (model, device, entry)
+                     and r.get("dwer") is not None}
+            size = next((r["linear_size_reduction"] for r in plain
+                         if (r["model"], r["device"], r["entry"]) == (model, device, entry)), None)
+            if cells:
+                lines.append((part, cells, size))
+        if lines:
+            out[(model, device)] = lines
+    return splits, out
+
+
+def sweep_markdown(rows, sweep) -> str:
+    splits, mats = sweep_matrix(rows, sweep)
+    labels = [SHORT.get(s, s) for s in splits]
+    lines = [f"## Sensitivity sweep: {sweep['entry']} restricted to one part at a time", ""]
+    for (model, device), lines_ in mats.items():
+        lines += [f"### {model} — {device}", "",
+                  "| Part | " + " | ".join(f"ΔWER{l} [95 % CI]" for l in labels)
+                  + " | Linear size red. % |", "|" + "---|" * (len(splits) + 2)]
+        for part, cells, size in lines_:
+            vals = [_delta(cells.get(s), "") for s in splits]
+            lines.append(f"| {part} | " + " | ".join(vals) + f" | {_fmt(size, 1)} |")
+        lines.append("")
+    if not mats:
+        lines.append("No sweep runs with an fp32 baseline yet.")
+    lines.append("ΔWER against fp32 (same model, device, split), 95 % paired speaker-bootstrap "
+                 f"interval; {MARK} = excludes zero. 'all' = the scheme on every nn.Linear.")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_figure(rows, sweep, png) -> None:
+    import numpy as np
+
+    plt = _plt()
+    splits, mats = sweep_matrix(rows, sweep)
+    n = max(1, len(mats))
+    fig, axes = plt.subplots(1, n, figsize=(2.2 + 2.2 * max(1, len(splits)) * n, 1.2 + 0.45 *
+                             max([len(v) for v in mats.values()] or [1])), squeeze=False)
+    if not mats:
+        axes[0][0].text(0.5, 0.5, "no sweep runs", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    vmax = max([abs(c[0]) for v in mats.values() for _, cells, _ in v for c in cells.values()]
+               or [1.0]) or 1.0
+    for ax, ((model, device), lines_) in zip(axes[0], mats.items()):
+        data = np.array([[cells.get(s, (np.nan,))[0] for s in splits] for _, cells, _ in lines_],
+                        dtype=float)
+        im = ax.imshow(data, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
+        for i, (_, cells, _) in enumerate(lines_):
+            for j, s in enumerate(splits):
+                if s in cells:
+                    est, lo, hi, sig = cells[s]
+                    ax.text(j, i, f"{est:+.2f}{MARK if sig else ''}\n[{lo:+.2f}, {hi:+.2f}]",
+                            ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(splits)), splits, fontsize=8)
+        ax.set_yticks(range(len(lines_)), [p for p, _, _ in lines_], fontsize=8)
+        ax.set_title(f"{model} — {device}", fontsize=9)
+        fig.colorbar(im, ax=ax, label="ΔWER vs fp32 (points)")
+    fig.suptitle(f"Sensitivity: {sweep['entry']} on one part at a time "
+                 f"(95 % speaker-bootstrap CI; {MARK} excludes 0)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, png)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- build
 
 
@@ -435,8 +513,9 @@ def load_scores(score_paths):
 
 def build(score_paths, unsupported: list[dict], out_csv, out_md, out_tex, out_png, out_pdf, *,
           pareto: dict | None = None, noise_png=None, n_resamples: int = DEFAULT_RESAMPLES,
-          seed: int = DEFAULT_SEED):
-    """Write every report output; ``pareto`` maps device → png path."""
+          seed: int = DEFAULT_SEED, sweep: dict | None = None, sweep_md=None, sweep_png=None):
+    """Write every report output; ``pareto`` maps device → png path; ``sweep`` is
+    ``Study.sweep`` ({"entry": name, "parts": {part: entry name}})."""
     boot = {"n_resamples": n_resamples, "seed": seed}
     scores, rows = load_scores(score_paths)
     rows += unsupported_rows(unsupported)
@@ -451,4 +530,9 @@ def build(score_paths, unsupported: list[dict], out_csv, out_md, out_tex, out_pn
         pareto_figure(rows, device, png)
     if noise_png is not None:
         noise_figure(rows, scores, noise_png, **boot)
+    if sweep and sweep_md is not None:
+        with atomic_path(sweep_md) as tmp:
+            tmp.write_text(sweep_markdown(rows, sweep))
+    if sweep and sweep_png is not None:
+        sweep_figure(rows, sweep, sweep_png)
     return rows
