@@ -62,8 +62,8 @@ class Study:
         self.entries: dict[str, dict] = {}
         for name, raw in config["entries"].items():
             self.entries[name] = quantizers.get(raw["library"]).validate(name, raw)
-        only = as_list(config.get("only"))
         self.sweep = self._sweep(config.get("sweep"))
+        only = as_list(config.get("only"))
         unknown = [n for n in only if n not in self.entries]
         if unknown:
             raise PipelineError(
@@ -77,7 +77,6 @@ class Study:
             raise PipelineError("config 'entries' must define the fp32 baseline as 'fp32' "
                                 "(library: fp, scheme: fp32): size reduction is against it")
 
-    def devices_of(self, name: str) -> list[str]:
     def _sweep(self, sweep: dict | None) -> dict | None:
         """Sensitivity sweep: one entry per part, ``<entry>+<part>`` = the entry's scheme on
         that part only (whisper_ptq.parts). Selected whenever its base entry is."""
@@ -100,6 +99,7 @@ class Study:
             names[part] = name
         return {"entry": base, "parts": names}
 
+    def devices_of(self, name: str) -> list[str]:
         entry = self.entries[name]
         return [d for d in self.devices if d in entry.get("devices", self.devices)]
 
