@@ -150,11 +150,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--noise-png", default=None, help="WER vs SNR figure")
     s.add_argument("--bootstrap-resamples", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    s.set_defaults(func=cmd_report)
-    return p
     s.add_argument("--sweep", default="", help="JSON of Study.sweep (sensitivity sweep)")
     s.add_argument("--sweep-md", default=None)
     s.add_argument("--sweep-png", default=None)
+    s.set_defaults(func=cmd_report)
+    return p
 
 
 def main(argv=None) -> int:
