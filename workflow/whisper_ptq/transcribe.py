@@ -1,12 +1,27 @@
 """Batched greedy transcription of cached features, with a timing protocol.
 
-Timing: one warm-up batch is run first and not timed; then every batch is timed from the
-start of ``generate`` to the end of token decoding (``torch.cuda.synchronize`` on GPU).
-RTF = Σ timed seconds / Σ audio seconds. Threads are fixed before loading and recorded.
+Timing protocol (recorded in each ``<split>.timing.json``):
+
+* threads are fixed (``torch.set_num_threads``) before the model is loaded, and recorded;
+* ``warmup_batches`` batches are run first and not timed (their utterances are transcribed
+  again, timed, with the rest);
+* each batch is timed in two parts: the encoder forward, then ``generate`` on the encoder
+  output (decoder) plus token decoding; on GPU ``torch.cuda.synchronize`` brackets each part;
+* RTF = Σ timed seconds / Σ audio seconds, RTFx = 1 / RTF; tokens/s = generated tokens /
+  decoder seconds;
+* regime ``throughput`` uses ``decoding.batch_size``; ``latency`` uses batch 1 and also
+  reports per-utterance latency percentiles;
+* memory: peak resident set size of the process, and on GPU peak allocated / reserved CUDA
+  memory during transcription.
+
+Utterances longer than 30 s are decoded alone with Whisper's sequential long-form decoding;
+their time counts in the total (``longform_seconds``) but not in the encoder/decoder split.
 """
 
 from __future__ import annotations
 
+import resource
+import statistics
 import time
 
 from . import PipelineError
@@ -14,6 +29,7 @@ from .features import FeatureCache, load_manifest, select
 from .io import write_json, write_jsonl
 
 NB_MAX_FRAMES = 3000  # 30 s of Whisper log-mel frames
+REGIMES = ("throughput", "latency")
 
 
 def generation_kwargs(model, decoding: dict) -> dict:
@@ -36,11 +52,17 @@ def make_batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
     return batches + [[r] for r in long]
 
 
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 class Transcriber:
     def __init__(self, model, tokenizer, device: str, decoding: dict):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.kwargs = generation_kwargs(model, decoding)
         self.dtype = model_input_dtype(model)
+        self.pad = model.generation_config.pad_token_id
 
     def _sync(self):
         if self.device == "cuda":
@@ -48,36 +70,69 @@ class Transcriber:
 
             torch.cuda.synchronize()
 
-    def __call__(self, feats) -> tuple[list[str], float]:
-        """Transcribe a ``[B, n_mels, frames]`` batch; return texts and timed seconds."""
+    def __call__(self, feats) -> tuple[list[str], dict]:
+        """Transcribe a ``[B, n_mels, frames]`` batch; return texts and its timings."""
         import torch
 
         feats = feats.to(self.device, self.dtype)
         kwargs = dict(self.kwargs)
-        if feats.shape[-1] > NB_MAX_FRAMES:  # long-form: sequential 30 s windows
-            kwargs["return_timestamps"] = True
-            kwargs["attention_mask"] = torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long,
-                                                  device=self.device)
-        self._sync()
-        t0 = time.perf_counter()
+        timing = {"encoder": 0.0, "decoder": 0.0, "longform": 0.0}
         with torch.no_grad():
-            out = self.model.generate(feats, **kwargs)
-            if not isinstance(out, torch.Tensor):
-                out = out["sequences"] if isinstance(out, dict) else out.sequences
-        texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
-        self._sync()
-        return texts, time.perf_counter() - t0
+            self._sync()
+            t0 = time.perf_counter()
+            if feats.shape[-1] > NB_MAX_FRAMES:  # long-form: sequential 30 s windows
+                kwargs["return_timestamps"] = True
+                kwargs["attention_mask"] = torch.ones(feats.shape[0], feats.shape[-1],
+                                                      dtype=torch.long, device=self.device)
+                out = self.model.generate(feats, **kwargs)
+                if not isinstance(out, torch.Tensor):
+                    out = out["sequences"] if isinstance(out, dict) else out.sequences
+                texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                self._sync()
+                timing["longform"] = time.perf_counter() - t0
+            else:
+                encoded = self.model.model.encoder(feats)
+                self._sync()
+                t1 = time.perf_counter()
+                out = self.model.generate(encoder_outputs=encoded, **kwargs)
+                texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                self._sync()
+                t2 = time.perf_counter()
+                timing["encoder"], timing["decoder"] = t1 - t0, t2 - t1
+        timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
+        timing["tokens"] = int((out != self.pad).sum())
+        return texts, timing
+
+
+def cuda_memory_reset(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_stats(device: str) -> dict:
+    mem = {"peak_rss_mb": peak_rss_mb(), "cuda_peak_allocated_mb": None, "cuda_peak_reserved_mb": None}
+    if device == "cuda":
+        import torch
+
+        mem["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        mem["cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    return mem
 
 
 def run(model, tokenizer, features_path, manifest_path, device, decoding, *, limit=None,
-        exclude=(), split="", threads=None, warmup_batches=1, progress=True):
+        exclude=(), split="", threads=None, regime="throughput", warmup_batches=1, progress=True):
     """Transcribe a split; return (hypothesis rows, timing dict)."""
     import torch
     from tqdm import tqdm
 
+    if regime not in REGIMES:
+        raise PipelineError(f"unknown timing regime {regime!r}; expected one of {REGIMES}")
     rows = select(load_manifest(manifest_path), limit, exclude, split)
     cache = FeatureCache(features_path)
-    batches = make_batches(rows, int(decoding.get("batch_size", 16)))
+    batch_size = 1 if regime == "latency" else int(decoding.get("batch_size", 16))
+    batches = make_batches(rows, batch_size)
     transcriber = Transcriber(model, tokenizer, device, decoding)
 
     def stack(batch):
@@ -85,31 +140,46 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
 
     for batch in batches[:warmup_batches]:
         transcriber(stack(batch))
-    out_rows, seconds = [], 0.0
+    cuda_memory_reset(device)
+    out_rows, parts = [], []
     for batch in tqdm(batches, desc=f"transcribe {split}", unit="batch", disable=not progress):
-        texts, dt = transcriber(stack(batch))
-        seconds += dt
+        texts, t = transcriber(stack(batch))
+        parts.append(t)
         for r, text in zip(batch, texts):
             out_rows.append({"id": r["id"], "speaker": r["speaker"], "duration": r["duration"],
                              "reference": r["reference"], "hypothesis": text})
+    total = {k: sum(p[k] for p in parts) for k in ("encoder", "decoder", "longform", "total", "tokens")}
     audio = sum(r["duration"] for r in rows)
     timing = {
         "device": device,
+        "regime": regime,
         "utterances": len(rows),
         "audio_seconds": audio,
-        "compute_seconds": seconds,
-        "rtf": seconds / audio,
-        "rtfx": audio / seconds if seconds > 0 else None,
+        "compute_seconds": total["total"],
+        "encoder_seconds": total["encoder"],
+        "decoder_seconds": total["decoder"],
+        "longform_seconds": total["longform"],
+        "generated_tokens": total["tokens"],
+        "tokens_per_second": total["tokens"] / total["decoder"] if total["decoder"] > 0 else None,
+        "rtf": total["total"] / audio,
+        "rtfx": audio / total["total"] if total["total"] > 0 else None,
         "batches": len(batches),
-        "batch_size": int(decoding.get("batch_size", 16)),
+        "batch_size": batch_size,
+        "batch_seconds": [p["total"] for p in parts],
         "warmup_batches": min(warmup_batches, len(batches)),
         "threads": threads if threads is not None else torch.get_num_threads(),
+        **memory_stats(device),
     }
+    if regime == "latency":
+        lat = sorted(p["total"] for p in parts)
+        timing["latency_p50_s"] = statistics.median(lat)
+        timing["latency_p90_s"] = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
     return out_rows, timing
 
 
 def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, device, decoding,
-                          out_hyp, out_timing, *, limit=None, exclude=(), split="", threads=1):
+                          out_hyp, out_timing, *, limit=None, exclude=(), split="", threads=1,
+                          regime="throughput", warmup_batches=1):
     from transformers import WhisperTokenizer
 
     from . import provenance
@@ -121,7 +191,8 @@ def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, dev
     model, meta = load_checkpoint(ckpt_dir, model_dir, device)
     tokenizer = WhisperTokenizer.from_pretrained(model_dir)
     rows, timing = run(model, tokenizer, features_path, manifest_path, device, decoding,
-                       limit=limit, exclude=exclude, split=split, threads=threads)
+                       limit=limit, exclude=exclude, split=split, threads=threads,
+                       regime=regime, warmup_batches=warmup_batches)
     if not rows:
         raise PipelineError(f"split {split}: nothing was transcribed")
     timing.update({"entry": meta["entry"], "split": split, "facts": meta["facts"],

@@ -1,0 +1,143 @@
+"""Timing protocol of the transcribe step: warm-up, encoder/decoder split, memory, regimes."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from whisper_ptq.io import write_jsonl
+from whisper_ptq.modeling import load_fp32
+from whisper_ptq.transcribe import run
+
+
+@pytest.fixture
+def random_features(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    ids = [f"{s}-1-{i:04d}" for s in (1, 2) for i in range(3)]
+    save_file({i: rng.normal(size=(80, 3000)).astype(np.float32) for i in ids}, tmp_path / "f.st")
+    write_jsonl(tmp_path / "m.jsonl", [{"id": i, "speaker": i.split("-")[0], "duration": 10.0,
+                                        "reference": "HELLO", "n_frames": 3000} for i in ids])
+    return tmp_path / "f.st", tmp_path / "m.jsonl"
+
+
+@pytest.fixture
+def model_and_tokenizer(random_model_dir):
+    from transformers import WhisperTokenizer
+
+    return load_fp32(random_model_dir), WhisperTokenizer.from_pretrained(random_model_dir)
+
+
+DECODING = {"batch_size": 2, "max_new_tokens": 8}
+
+
+def slow_first_encoder_call(model, monkeypatch, seconds):
+    """The first encoder call takes ``seconds`` longer, on the clock the timing reads."""
+    import whisper_ptq.transcribe as tr
+
+    encoder, calls, offset = model.model.encoder, [], [0.0]
+    original = encoder.forward
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return time.perf_counter() + offset[0]
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            offset[0] += seconds
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tr, "time", Clock)
+    encoder.forward = forward
+    return calls
+
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_warmup_batch_is_run_but_not_timed(model_and_tokenizer, random_features, warmup, monkeypatch):
+    model, tok = model_and_tokenizer
+    calls = slow_first_encoder_call(model, monkeypatch, 1000.0)
+    rows, t = run(model, tok, *random_features, "cpu", DECODING, warmup_batches=warmup,
+                  progress=False)
+    assert len(rows) == 6 and t["batches"] == 3 and t["warmup_batches"] == warmup
+    assert len(calls) == 3 + warmup
+    assert (t["encoder_seconds"] >= 1000) == (warmup == 0)
+    assert (t["compute_seconds"] >= 1000) == (warmup == 0)
+
+
+def test_parts_do_not_exceed_total_and_memory_is_filled(model_and_tokenizer, random_features):
+    model, tok = model_and_tokenizer
+    t0 = time.perf_counter()
+    _, t = run(model, tok, *random_features, "cpu", DECODING, threads=1, progress=False)
+    wall = time.perf_counter() - t0
+    parts = t["encoder_seconds"] + t["decoder_seconds"] + t["longform_seconds"]
+    assert 0 < t["encoder_seconds"] and 0 < t["decoder_seconds"]
+    assert parts <= t["compute_seconds"] * (1 + 1e-9) <= wall
+    assert t["rtf"] == pytest.approx(t["compute_seconds"] / 60.0)
+    assert t["rtfx"] == pytest.approx(1 / t["rtf"])
+    assert t["generated_tokens"] > 0 and t["tokens_per_second"] > 0
+    assert t["peak_rss_mb"] > 100  # torch alone is larger than that
+    assert t["cuda_peak_allocated_mb"] is None and t["threads"] == 1
+    json.dumps(t)  # serialisable as is
+
+
+def test_latency_regime_uses_batch_one(model_and_tokenizer, random_features):
+    model, tok = model_and_tokenizer
+    rows, t = run(model, tok, *random_features, "cpu", DECODING, regime="latency", progress=False)
+    assert t["batch_size"] == 1 and t["batches"] == 6 and len(t["batch_seconds"]) == 6
+    assert min(t["batch_seconds"]) <= t["latency_p50_s"] <= t["latency_p90_s"] <= max(t["batch_seconds"])
+    with pytest.raises(Exception, match="unknown timing regime"):
+        run(model, tok, *random_features, "cpu", DECODING, regime="fastest", progress=False)
+
+
+def test_encoder_then_generate_matches_plain_generate(model_and_tokenizer, random_features):
+    """Splitting the timing into encoder and decoder parts does not change the output."""
+    from whisper_ptq.features import FeatureCache
+    from whisper_ptq.transcribe import Transcriber, generation_kwargs
+
+    model, tok = model_and_tokenizer
+    cache = FeatureCache(random_features[0])
+    feats = torch.stack([cache.get(k) for k in sorted(cache.keys())[:2]])
+    texts, _ = Transcriber(model, tok, "cpu", DECODING)(feats)
+    with torch.no_grad():
+        plain = model.generate(feats, **generation_kwargs(model, DECODING))
+    assert texts == tok.batch_decode(plain, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_utterance_over_30_s_is_transcribed_whole(tiny_en_dir, clean_split_dir, tmp_path):
+    """Real speech: five utterances joined into one > 30 s; words from the end must appear."""
+    from transformers import WhisperFeatureExtractor, WhisperTokenizer
+    from safetensors.numpy import save_file
+
+    from whisper_ptq.data import list_utterances
+    from whisper_ptq.features import log_mel, read_flac
+    from whisper_ptq.scoring import score_utterance
+
+    utts = list_utterances(clean_split_dir)[:40]
+    chosen, audio = [], []
+    for u in utts:
+        chosen.append(u)
+        audio.append(read_flac(u.path))
+        if sum(a.size for a in audio) > 16000 * 34:
+            break
+    joined = np.concatenate(audio)
+    fe = WhisperFeatureExtractor.from_pretrained(tiny_en_dir)
+    feats = log_mel(fe, joined)
+    assert feats.shape[-1] > 3000
+    save_file({"x-1-0000": feats}, tmp_path / "f.st")
+    ref = " ".join(u.reference for u in chosen)
+    write_jsonl(tmp_path / "m.jsonl", [{"id": "x-1-0000", "speaker": "x", "duration": joined.size / 16000,
+                                        "reference": ref, "n_frames": feats.shape[-1]}])
+    model = load_fp32(tiny_en_dir)
+    rows, t = run(model, WhisperTokenizer.from_pretrained(tiny_en_dir), tmp_path / "f.st",
+                  tmp_path / "m.jsonl", "cpu", {"batch_size": 4}, warmup_batches=0, progress=False)
+    assert t["longform_seconds"] > 0 and t["encoder_seconds"] == 0
+    s = score_utterance(ref, rows[0]["hypothesis"])
+    last_words = score_utterance(chosen[-1].reference, rows[0]["hypothesis"])
+    assert s["words"]["deletions"] < 0.2 * s["words"]["n"]  # not cut at 30 s
+    assert last_words["words"]["hits"] >= 0.7 * last_words["words"]["n"]
