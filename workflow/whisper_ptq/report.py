@@ -44,6 +44,7 @@ def row_from_score(score: dict) -> dict:
     row["unquantized"] = "; ".join(facts.get("unquantized", []))
     row["utterances"] = score["n_utterances"]
     row["status"] = "ok"
+    row["parts"] = facts.get("parts") or "all"  # libraries without `parts` quantize every part
     name = parse_split(score["split"])
     row.update(base_split=name.base, noise=name.kind, snr_db=name.snr_db)
     return row
