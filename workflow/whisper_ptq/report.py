@@ -357,7 +357,7 @@ def pareto_figure(rows: list[dict], device: str, png) -> None:
                 ax.plot(fx, fy, color=color, lw=1, ls="--", zorder=2)
                 ax.plot(fx, fy, "o", mfc="none", mec=color, ms=11, zorder=2)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("WER (%), pooled over LibriSpeech splits  ↓")
+        ax.set_ylabel("WER (%), pooled over LibriSpeech splits (lower is better)", fontsize=8)
         ax.grid(alpha=0.3)
         if len(models) > 1:
             ax.legend(fontsize=7)
