@@ -1,9 +1,7 @@
 """The real DAG, run as a subprocess: real LibriSpeech audio, real tiny.en weights."""
 
 import csv
-import glob
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,29 +58,13 @@ def test_real_pipeline_gives_sane_wer(run):
 @pytest.mark.slow
 def test_fp32_wer_equals_a_bare_generate_loop(run, tiny_en_dir):
     """An independent greedy loop (no pipeline code) over the same utterances."""
-    import jiwer
-    import soundfile as sf
-    import torch
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-    from whisper_normalizer.english import EnglishTextNormalizer
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bare_wer import bare_wer
 
     workdir, _ = run
     hyp = [json.loads(l) for l in open(workdir / "results/tiny.en/cpu/fp32/test-clean.hyp.jsonl")]
     score = json.loads((workdir / "results/tiny.en/cpu/fp32/test-clean.score.json").read_text())
-    proc = WhisperProcessor.from_pretrained(tiny_en_dir)
-    model = WhisperForConditionalGeneration.from_pretrained(tiny_en_dir).eval()
-    norm = EnglishTextNormalizer()
-    refs, outs = [], []
-    for h in hyp:
-        [flac] = glob.glob(str(workdir / "data/LibriSpeech/test-clean/*/*" / f"{h['id']}.flac"))
-        audio, sr = sf.read(flac, dtype="float32")
-        feats = proc(audio, sampling_rate=sr, return_tensors="pt").input_features
-        with torch.no_grad():
-            ids = model.generate(feats, max_new_tokens=440)
-        outs.append(norm(proc.batch_decode(ids, skip_special_tokens=True)[0]))
-        trans = Path(flac).with_name(f"{'-'.join(h['id'].split('-')[:2])}.trans.txt")
-        refs.append(norm(dict(l.split(" ", 1) for l in trans.read_text().splitlines())[h["id"]]))
-    bare = 100 * jiwer.wer(refs, outs)
+    bare = bare_wer(tiny_en_dir, workdir / "data/LibriSpeech/test-clean", [h["id"] for h in hyp])
     assert abs(bare - score["wer"]) <= 0.05, (bare, score["wer"])
 
 
