@@ -27,6 +27,8 @@ if [ -n "$missing" ]; then
 fi
 
 H=$(hostname -s)
+# the node offers 90% of this machine's memory (the pipeline's jobs ask up to 16 GB each)
+MEM_MB=${SLURM_NODE_MEM_MB:-$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)}
 mkdir -p "$BASE"/{state,spool,log} /etc/slurm
 
 cat > /etc/slurm/slurm.conf <<CONF
@@ -54,7 +56,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
-NodeName=$H CPUs=$(nproc) RealMemory=${SLURM_NODE_MEM_MB:-8000} State=UNKNOWN
+NodeName=$H CPUs=$(nproc) RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$H Default=YES MaxTime=INFINITE State=UP
 CONF
 
