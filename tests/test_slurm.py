@@ -127,7 +127,7 @@ def slurm_cluster(tmp_path_factory):
 
 def test_profile_variant(tmp_path):
     """The test profile differs from profiles/slurm only in partition, account, init delay."""
-    prof = test_variant(REPO / "profiles/slurm/config.yaml", tmp_path)
+    prof = local_variant(REPO / "profiles/slurm/config.yaml", tmp_path)
     a = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
     b = yaml.safe_load(prof.joinpath("config.yaml").read_text())
     diff = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
@@ -137,7 +137,7 @@ def test_profile_variant(tmp_path):
     assert b["set-resources"] == {"transcribe": {"slurm_partition": "debug"}}
 
 
-def test_variant(profile_yaml, dest):
+def local_variant(profile_yaml, dest):
     """profiles/slurm with the local cluster's partition (debug), account (testacct) and
     `slurm-init-seconds-before-status-checks: 2` (otherwise each job waits 40 s)."""
     prof = yaml.safe_load(profile_yaml.read_text())
@@ -154,9 +154,6 @@ def test_variant(profile_yaml, dest):
     return out
 
 
-test_variant.__test__ = False  # a helper, not a test
-
-
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_small_study_through_slurm_equals_local_run(slurm_cluster, tmp_path_factory, tmp_path,
@@ -170,7 +167,7 @@ def test_small_study_through_slurm_equals_local_run(slurm_cluster, tmp_path_fact
     remote = [r for r in planned if r not in LOCAL_RULES]
     assert sorted(remote) == sorted(["features"] + ["quantize", "transcribe", "score"] * 2)
 
-    profile = test_variant(wf / "profiles/slurm/config.yaml", tmp_path)
+    profile = local_variant(wf / "profiles/slurm/config.yaml", tmp_path)
     proc = snakemake(wf, run, "--profile", profile, timeout=1500)
     log = proc.stdout + proc.stderr
     m = re.search(r"SLURM run ID: ([0-9a-f-]+)", log)
