@@ -21,6 +21,7 @@ localrules:
     all,
     download,
     model,
+    score,
     report,
 
 

@@ -96,3 +96,15 @@ def test_archive_without_the_split_is_rejected(tmp_path):
     archive = _tar_with(tmp_path, {"LibriSpeech/dev-clean/1/2/1-2.trans.txt": b"x Y\n"})
     with pytest.raises(PipelineError, match="no files under LibriSpeech/test-clean/"):
         extract_split(archive, "test-clean", tmp_path / "out")
+
+
+def test_atomic_write_removes_leftovers_of_a_killed_try(tmp_path):
+    from whisper_ptq.io import atomic_path, write_json
+
+    (tmp_path / ".x.json.tmp-abc").write_text("half")
+    (tmp_path / ".ckpt.tmp-def").mkdir()
+    (tmp_path / ".other.json.tmp-keep").write_text("someone else's")
+    write_json(tmp_path / "x.json", {"a": 1})
+    with atomic_path(tmp_path / "ckpt", is_dir=True) as d:
+        (d / "w").write_text("w")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.tmp-keep", "ckpt", "x.json"]

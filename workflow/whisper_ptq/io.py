@@ -7,6 +7,7 @@ place once complete, so an interrupted job never leaves an output that looks fin
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -24,6 +25,8 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{path.name}.tmp-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*"):  # left by a killed earlier try
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     else:
