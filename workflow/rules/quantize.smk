@@ -1,5 +1,24 @@
+def calibration_input(wildcards):
+    """The calibration split's feature cache, only for entries with static activations."""
+    if not STUDY.needs_calibration(wildcards.entry):
+        return {}
+    split = STUDY.calibration["split"]
+    return {
+        "calib_features": f"data/features/{wildcards.model}/{split}.safetensors",
+        "calib_manifest": f"data/features/{wildcards.model}/{split}.manifest.jsonl",
+    }
+
+
+def calibration_args(wildcards, input):
+    if "calib_features" not in input.keys():
+        return ""
+    return (f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
+            f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}")
+
+
 rule quantize:
     input:
+        unpack(calibration_input),
         model_dir="data/models/{model}",
         # the library's own module: editing it re-runs only that library's entries
         module=library_module,
@@ -8,6 +27,7 @@ rule quantize:
         meta="results/{model}/checkpoints/{entry}.json",
     params:
         entry=entry_config,
+        calib=calibration_args,
     threads: config["threads"]
     resources:
         mem_mb=16000,
@@ -20,4 +40,4 @@ rule quantize:
     shell:
         "HF_HUB_OFFLINE=1 {CLI} quantize --entry {wildcards.entry} --config {params.entry:q}"
         " --model-dir {input.model_dir} --threads {threads} --out {output.checkpoint}"
-        " --out-meta {output.meta} > {log} 2>&1"
+        " --out-meta {output.meta} {params.calib} > {log} 2>&1"

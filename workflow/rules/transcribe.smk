@@ -10,6 +10,8 @@ rule transcribe:
     params:
         decoding=json.dumps(STUDY.decoding, sort_keys=True),
         limit=STUDY.limit,
+        # calibration utterances of this split (if it is the calibration split) are never scored
+        calib_n=lambda wc: STUDY.calibration_excluded(wc.split),
     threads: config["threads"]
     resources:
         mem_mb=16000,
@@ -28,6 +30,7 @@ rule transcribe:
         " --model-dir {input.model_dir} --features {input.features}"
         " --manifest {input.manifest} --device {wildcards.device} --split {wildcards.split}"
         " --decoding {params.decoding:q} --limit '{params.limit}' --threads {threads}"
+        " --calib-n {params.calib_n}"
         " --out-hyp {output.hyp} --out-timing {output.timing} > {log} 2>&1"
 
 

@@ -44,6 +44,8 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
         "linear_bytes": linear_bytes(qmodel, names),
         "fp32_linear_bytes": fp32_linear,
         "calibration_batches": len(calibration or []),
+        # per-layer deviations from the scheme a library had to make (e.g. hqq packing)
+        "notes": list(getattr(qmodel, "ptq_notes", [])),
     }
     out_dir = Path(out_dir)
     with atomic_path(out_dir, is_dir=True) as tmp:

@@ -47,7 +47,17 @@ def cmd_quantize(a):
     from .modeling import set_threads
 
     set_threads(a.threads)
-    meta = save_checkpoint(a.entry, a.config, a.model_dir, a.out)
+    calibration, calib = None, None
+    if a.calib_features or a.calib_manifest:
+        from .features import calibration_batches
+
+        if not (a.calib_features and a.calib_manifest):
+            raise PipelineError("quantize: give both --calib-features and --calib-manifest")
+        ids, calibration = calibration_batches(a.calib_features, a.calib_manifest, a.calib_n,
+                                               split=a.calib_split)
+        calib = {"split": a.calib_split, "n": a.calib_n, "ids": ids}
+    meta = save_checkpoint(a.entry, a.config, a.model_dir, a.out, calibration=calibration)
+    meta["calibration"] = calib
     write_json(a.out_meta, meta)
     print(f"{a.entry}: {meta['bytes_on_disk']} bytes on disk")
 
@@ -55,8 +65,13 @@ def cmd_quantize(a):
 def cmd_transcribe(a):
     from .transcribe import transcribe_checkpoint
 
+    exclude = ()
+    if a.calib_n:  # this split calibrates static-activation entries: never score those
+        from .features import calibration_ids, load_manifest
+
+        exclude = calibration_ids(load_manifest(a.manifest), a.calib_n, a.split)
     t = transcribe_checkpoint(a.checkpoint, a.model_dir, a.features, a.manifest, a.device,
-                              a.decoding, a.out_hyp, a.out_timing, limit=a.limit,
+                              a.decoding, a.out_hyp, a.out_timing, limit=a.limit, exclude=exclude,
                               split=a.split, threads=a.threads)
     print(f"{a.split}: {t['utterances']} utterances, RTF {t['rtf']:.4f}")
 
@@ -125,6 +140,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
     s.add_argument("--out-meta", required=True)
+    s.add_argument("--calib-features", default=None,
+                   help="feature cache of the calibration split (static-activation entries)")
+    s.add_argument("--calib-manifest", default=None)
+    s.add_argument("--calib-n", type=int, default=32)
+    s.add_argument("--calib-split", default="")
     s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("transcribe", help="transcribe one split with one checkpoint on one device")
@@ -134,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--decoding", type=_json, required=True)
     s.add_argument("--limit", type=lambda v: None if v in ("", "None", "null") else int(v), default=None)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--calib-n", type=int, default=0,
+                   help="this split calibrates: exclude its first N calibration utterances")
     s.set_defaults(func=cmd_transcribe)
 
     s = sub.add_parser("score", help="WER/CER and size reduction of one run")

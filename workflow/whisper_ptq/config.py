@@ -59,6 +59,7 @@ class Study:
         self.limit = config.get("limit")
         self.decoding = dict(config.get("decoding") or {})
         self.threads = int(config.get("threads", 8))
+        self.calibration = {"split": "test-clean", "n": 32, **(config.get("calibration") or {})}
         self.entries: dict[str, dict] = {}
         for name, raw in config["entries"].items():
             self.entries[name] = quantizers.get(raw["library"]).validate(name, raw)
@@ -102,6 +103,14 @@ class Study:
     def devices_of(self, name: str) -> list[str]:
         entry = self.entries[name]
         return [d for d in self.devices if d in entry.get("devices", self.devices)]
+
+    def calibration_excluded(self, split: str) -> int:
+        """How many calibration utterances a split's scoring excludes (0: not the calibration split)."""
+        return self.calibration["n"] if split == self.calibration["split"] else 0
+
+    def needs_calibration(self, name: str) -> bool:
+        entry = self.entries[name]
+        return quantizers.get(entry["library"]).needs_calibration(entry)
 
     def unsupported_reason(self, name: str, device: str) -> str | None:
         entry = self.entries[name]

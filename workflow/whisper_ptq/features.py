@@ -144,3 +144,39 @@ class FeatureCache:
 
     def keys(self):
         return list(self._f.keys())
+
+
+def calibration_ids(rows: list[dict], n: int, split: str = "") -> list[str]:
+    """The ``n`` calibration utterances of a split: never scored, for any entry or device.
+
+    A deterministic choice that does not depend on ``limit`` or on the entries: utterances
+    ordered by the SHA-256 of their id (a fixed pseudo-random order that mixes speakers),
+    the first ``n`` taken. The transcribe step excludes exactly these ids before ``limit``.
+    """
+    import hashlib
+
+    if n < 1:
+        raise PipelineError(f"calibration: n must be at least 1, not {n}")
+    if n >= len(rows):
+        raise PipelineError(
+            f"calibration split {split or '?'} has {len(rows)} utterances; calibrating on "
+            f"n={n} of them would leave none to score (lower calibration.n)"
+        )
+    order = sorted(rows, key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    return sorted(r["id"] for r in order[:n])
+
+
+def calibration_batches(features_path, manifest_path, n: int, batch_size: int = 8,
+                        split: str = "") -> tuple[list[str], list]:
+    """The calibration utterances' features as ``[B, n_mels, 3000]`` batches (ids, batches).
+
+    Utterances longer than 30 s are cut to their first 30 s (calibration only needs
+    activation statistics); shorter ones are already padded to 30 s in the cache.
+    """
+    import torch
+
+    ids = calibration_ids(load_manifest(manifest_path), n, split)
+    cache = FeatureCache(features_path)
+    feats = [cache.get(uid)[..., :3000] for uid in ids]
+    batches = [torch.stack(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
+    return ids, batches

@@ -15,6 +15,9 @@ from .. import PipelineError
 LIBRARIES = {
     "fp": "fp",
     "torch": "pytorch",
+    "quanto": "quanto",
+    "hqq": "hqq",
+    "bnb": "bnb",
 }
 
 

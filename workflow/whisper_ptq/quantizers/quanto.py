@@ -1,0 +1,172 @@
+"""Optimum-Quanto: weight-only int8 / int4 / int2 / float8 (e4m3), or int8 / float8 weights
+with *static* int8 / float8 activations calibrated on never-scored utterances. CPU and GPU.
+
+What quanto does to a Whisper nn.Linear (optimum-quanto 0.2.7, ``QModuleMixin``):
+
+* 8-bit weights (int8, float8): symmetric absmax, one scale per output channel.
+* int4 / int2 weights: asymmetric (scale + shift, ``MaxOptimizer``), groups of 128 input
+  features (quanto lowers 128 by 32 until it divides ``in_features``; 512/768/1024/1280
+  and their 4× are multiples of 128, so Whisper gets 128).
+* activations (static entries): symmetric, one input and one output scale per layer (a
+  per-tensor scale, calibrated with ``Calibration(momentum=0.9)`` then frozen).
+
+Every nn.Linear is quantized, ``proj_out`` too (a separate quantized copy of the tied
+``embed_tokens``), but ``proj_out``'s activations stay float: activation-quantizing it
+crashes ``generate()`` (see the notes). Calibration (streamline mode, quanto's default)
+also leaves float the outputs of layers that only feed GELU / residual adds. Checkpoint:
+``model.safetensors`` (the frozen state dict, quantized tensors flattened into plain
+tensors) + ``quantization_map.json`` + ``float_outputs.json`` (those streamlined layers);
+loading builds the model on the meta device and ``requantize``s it on the target device.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+from .. import PipelineError
+from .base import FLOAT_PARTS, Quantizer, facts
+
+WEIGHTS = "model.safetensors"
+QMAP = "quantization_map.json"
+FLOAT_OUTPUTS = "float_outputs.json"
+# config value -> (quanto qtype name, facts format)
+WEIGHT_TYPES = {"int8": ("qint8", "int8"), "int4": ("qint4", "int4"), "int2": ("qint2", "int2"),
+                "float8": ("qfloat8", "float8_e4m3fn")}
+ACT_TYPES = {"none": (None, "float32"), "int8": ("qint8", "int8"), "float8": ("qfloat8", "float8_e4m3fn")}
+GROUP_SIZE = 128  # quanto's int4/int2 group size for Whisper's linear layers
+# greedy tokens decoded per calibration utterance (LibriSpeech utterances need < 100)
+CALIBRATION_MAX_TOKENS = 96
+# layer left with float activations (activation-quantizing it crashes generate())
+FLOAT_ACT_LAYER = "proj_out"
+
+
+def _qtype(name):
+    import optimum.quanto as oq
+
+    return None if name is None else getattr(oq, name)
+
+
+def _calibrate(model, calibration):
+    """Run greedy decoding on the calibration batches so that every layer sees real inputs."""
+    import torch
+    from optimum.quanto import Calibration
+
+    from ..transcribe import NB_MAX_FRAMES, generation_kwargs
+
+    kwargs = generation_kwargs(model, {"max_new_tokens": CALIBRATION_MAX_TOKENS})
+    # no_grad, not inference_mode: quanto's int4/int2 tensors fail under inference_mode
+    with torch.no_grad(), Calibration(momentum=0.9):
+        for feats in calibration:
+            feats = feats[..., :NB_MAX_FRAMES].float()
+            model.generate(feats, **kwargs)
+
+
+class Quanto(Quantizer):
+    library = "quanto"
+    schemes = {
+        "int8": {"weights": "int8", "activations": "none"},
+        "int4": {"weights": "int4", "activations": "none"},
+        "int2": {"weights": "int2", "activations": "none"},
+        "float8": {"weights": "float8", "activations": "none"},
+        "int8-a8-static": {"weights": "int8", "activations": "int8"},
+        "float8-afp8-static": {"weights": "float8", "activations": "float8"},
+    }
+    options = {"weights": tuple(WEIGHT_TYPES), "activations": tuple(ACT_TYPES)}
+
+    def validate(self, name, entry):
+        out = super().validate(name, entry)
+        if out["activations"] != "none" and out["weights"] not in ("int8", "float8"):
+            raise PipelineError(
+                f"entry {name!r}: quanto static {out['activations']} activations need 8-bit "
+                f"weights (int8 or float8), not {out['weights']}"
+            )
+        return out
+
+    def needs_calibration(self, entry):
+        return entry["activations"] != "none"
+
+    def describe(self, entry):
+        w, a = entry["weights"], entry["activations"]
+        eight = w in ("int8", "float8")
+        static = a != "none"
+        unquantized = list(FLOAT_PARTS)
+        if static:
+            unquantized.append("proj_out activations (its weights are quantized)")
+        return facts(
+            weights=WEIGHT_TYPES[w][1],
+            activations=ACT_TYPES[a][1],
+            act_mode="static" if static else "none",
+            symmetric=True if eight else False,
+            granularity="per-channel" if eight else "per-group",
+            group_size=None if eight else GROUP_SIZE,
+            unquantized=unquantized,
+        )
+
+    def quantize(self, model, entry, calibration=None):
+        from optimum.quanto import freeze, quantize
+
+        model = model.float().cpu().eval()
+        weights = _qtype(WEIGHT_TYPES[entry["weights"]][0])
+        acts = _qtype(ACT_TYPES[entry["activations"]][0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if acts is None:
+                quantize(model, weights=weights)
+            else:
+                if not calibration:
+                    raise PipelineError("quanto static activations need calibration batches")
+                quantize(model, weights=weights, activations=acts, exclude=FLOAT_ACT_LAYER)
+                quantize(model, weights=weights, include=FLOAT_ACT_LAYER)
+                _calibrate(model, calibration)
+            freeze(model)
+        return model
+
+    def save(self, model, entry, out_dir):
+        from optimum.quanto import quantization_map
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        # proj_out has its own quantized weight; embed_tokens is stored once, as usual
+        save_file(state, str(out_dir / WEIGHTS))
+        (out_dir / QMAP).write_text(json.dumps(quantization_map(model), indent=1, sort_keys=True))
+        (out_dir / FLOAT_OUTPUTS).write_text(json.dumps(_float_outputs(model), indent=1))
+
+    def load(self, ckpt_dir, model_dir, entry, device):
+        import torch
+        from optimum.quanto import requantize
+        from safetensors.torch import load_file
+        from transformers import GenerationConfig
+
+        from ..modeling import empty_model
+
+        model = empty_model(model_dir)
+        model.generation_config = GenerationConfig.from_pretrained(model_dir)
+        qmap = json.loads((ckpt_dir / QMAP).read_text())
+        state = load_file(str(ckpt_dir / WEIGHTS))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            requantize(model, state, qmap, device=torch.device(device))
+        for name in json.loads((ckpt_dir / FLOAT_OUTPUTS).read_text()):
+            model.get_submodule(name).disable_output_quantization()
+        return model.eval()
+
+
+def _float_outputs(model) -> list[str]:
+    """Activation-quantized layers whose outputs calibration left float.
+
+    quanto's ``Calibration`` (streamline mode) turns off output quantization of layers whose
+    outputs only feed ops without quantized kernels (GELU, residual adds); that choice is in
+    neither the state dict nor the quantization map, so it is saved beside them.
+    """
+    from optimum.quanto.nn import QModuleMixin
+
+    def output_hooked(m):  # disable_output_quantization() removes the hook, keeps its handle
+        handle = m._quantize_hooks.get("output")
+        return handle is not None and handle.id in m._forward_hooks
+
+    return [n for n, m in model.named_modules() if isinstance(m, QModuleMixin)
+            and m.activation_qtype is not None and not output_hooked(m)]
+
+
+QUANTIZER = Quanto()
