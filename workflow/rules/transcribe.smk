@@ -9,6 +9,7 @@ rule transcribe:
         timing="results/{model}/{device}/{entry}/{split}.timing.json",
     params:
         decoding=json.dumps(STUDY.decoding, sort_keys=True),
+        timing=json.dumps(STUDY.timing, sort_keys=True),
         limit=STUDY.limit,
         # calibration utterances of this split (if it is the calibration split) are never scored
         calib_n=lambda wc: STUDY.calibration_excluded(wc.split),
@@ -29,7 +30,7 @@ rule transcribe:
         "HF_HUB_OFFLINE=1 {CLI} transcribe --checkpoint {input.checkpoint}"
         " --model-dir {input.model_dir} --features {input.features}"
         " --manifest {input.manifest} --device {wildcards.device} --split {wildcards.split}"
-        " --decoding {params.decoding:q} --limit '{params.limit}' --threads {threads}"
+        " --decoding {params.decoding:q} --timing {params.timing:q} --limit '{params.limit}' --threads {threads}"
         " --calib-n {params.calib_n}"
         " --out-hyp {output.hyp} --out-timing {output.timing} > {log} 2>&1"
 

@@ -72,7 +72,8 @@ def cmd_transcribe(a):
         exclude = calibration_ids(load_manifest(a.manifest), a.calib_n, a.split)
     t = transcribe_checkpoint(a.checkpoint, a.model_dir, a.features, a.manifest, a.device,
                               a.decoding, a.out_hyp, a.out_timing, limit=a.limit, exclude=exclude,
-                              split=a.split, threads=a.threads)
+                              split=a.split, threads=a.threads,
+                              **a.timing)
     print(f"{a.split}: {t['utterances']} utterances, RTF {t['rtf']:.4f}")
 
 
@@ -152,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
                 "--split", "--out-hyp", "--out-timing"):
         s.add_argument(arg, required=True)
     s.add_argument("--decoding", type=_json, required=True)
+    s.add_argument("--timing", type=_json, default={})
     s.add_argument("--limit", type=lambda v: None if v in ("", "None", "null") else int(v), default=None)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--calib-n", type=int, default=0,
