@@ -168,7 +168,13 @@ def test_missing_baseline_leaves_delta_empty_with_a_note(tmp_path):
     report.build(paths, [], **out, n_resamples=100)
     md = out["out_md"].read_text()
     assert "no fp32 baseline run" in md
-    assert read_csv(out["out_csv"])[0]["dwer"] == ""
+    row = read_csv(out["out_csv"])[0]
+    assert row["dwer"] == "" and row["no_regression"] == ""
+    int8_clean = study()[2]  # the first row: (int8, test-clean)
+    assert (row["entry"], row["split"]) == ("int8", "test-clean")
+    assert int(row["sub"]) == int8_clean["words"]["substitutions"] > 0
+    assert int(row["ref_words"]) == int8_clean["words"]["n"]
+    assert row["hallucination_rate"] == "0.0"
 
 
 def test_mismatched_utterances_are_a_clear_error(tmp_path):

@@ -15,8 +15,8 @@ from collections import defaultdict
 from . import PipelineError
 from .io import atomic_path, read_json
 from .noise import parse_split
-from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, entry_stats, hallucination_stats,
-                    rate_interval, split_difference)
+from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, edit_totals, entry_stats,
+                    hallucination_stats, rate_interval, split_difference)
 
 SHORT = {"test-clean": "c", "test-other": "o"}
 BASELINE = "fp32"
@@ -86,6 +86,9 @@ def add_statistics(rows: list[dict], scores: dict, *, n_resamples=DEFAULT_RESAMP
         if base is None:
             hal = hallucination_stats(score)
             r.update({k: hal[k] for k in ("hallucinations", "hallucination_rate")})
+            tot = edit_totals(score)
+            r.update({"sub": tot["substitutions"], "del": tot["deletions"],
+                      "ins": tot["insertions"], "ref_words": tot["n"]})
             notes.append(f"{r['model']}/{r['device']}/{r['entry']}/{r['split']}: no fp32 "
                          "baseline run to compare with")
             continue
