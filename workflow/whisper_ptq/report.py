@@ -486,7 +486,8 @@ def sweep_figure(rows, sweep, png) -> None:
                 if s in cells:
                     est, lo, hi, sig = cells[s]
                     ax.text(j, i, f"{est:+.2f}{MARK if sig else ''}\n[{lo:+.2f}, {hi:+.2f}]",
-                            ha="center", va="center", fontsize=7)
+                            ha="center", va="center", fontsize=7,
+                            color="white" if abs(est) > 0.6 * vmax else "black")
         ax.set_xticks(range(len(splits)), splits, fontsize=8)
         ax.set_yticks(range(len(lines_)), [p for p, _, _ in lines_], fontsize=8)
         ax.set_title(f"{model} — {device}", fontsize=9)
