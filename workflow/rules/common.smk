@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 
 from snakemake.settings.types import DeploymentMethod
@@ -17,14 +18,13 @@ try:
 except PipelineError as e:
     raise WorkflowError(f"config: {e}") from None
 
-# With --use-conda each rule's env provides `python`; otherwise the interpreter running
-# Snakemake (the project's venv) runs the steps too.
-PY = (
-    "python"
-    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    else sys.executable
-)
-CLI = f"PYTHONPATH={PKG} {PY} -m whisper_ptq.cli"
+# Every rule runs `python -m whisper_ptq.cli <step>`. The package is found through
+# PYTHONPATH; `python` is the env's own with --use-conda, and otherwise the interpreter
+# running Snakemake (the project's venv), put first on PATH for the jobs.
+_PATH = ""
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    _PATH = f"export PATH={os.path.dirname(sys.executable)}:$PATH; "
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={PKG}; {_PATH}")
 
 
 wildcard_constraints:

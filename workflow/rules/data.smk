@@ -10,7 +10,7 @@ rule download:
     conda:
         "../../envs/data.yaml"
     shell:
-        "{CLI} download --base-url {params.base_url:q} --split {wildcards.split}"
+        "python -m whisper_ptq.cli download --base-url {params.base_url:q} --split {wildcards.split}"
         " --md5 '{params.md5}' --archive {output.archive} --out {output.split_dir}"
         " > {log} 2>&1"
 
@@ -25,7 +25,7 @@ rule model:
     conda:
         "../../envs/data.yaml"
     shell:
-        "{CLI} model --source {params.source:q} --out {output} > {log} 2>&1"
+        "python -m whisper_ptq.cli model --source {params.source:q} --out {output} > {log} 2>&1"
 
 
 rule features:
@@ -44,6 +44,6 @@ rule features:
     conda:
         "../../envs/features.yaml"
     shell:
-        "HF_HUB_OFFLINE=1 {CLI} features --split-dir {input.split_dir}"
+        "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli features --split-dir {input.split_dir}"
         " --model-dir {input.model_dir} --split {wildcards.split}"
         " --out-tensors {output.tensors} --out-manifest {output.manifest} > {log} 2>&1"

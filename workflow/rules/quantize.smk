@@ -38,6 +38,6 @@ rule quantize:
     conda:
         "../../envs/ptq.yaml"
     shell:
-        "HF_HUB_OFFLINE=1 {CLI} quantize --entry {wildcards.entry} --config {params.entry:q}"
+        "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli quantize --entry {wildcards.entry} --config {params.entry:q}"
         " --model-dir {input.model_dir} --threads {threads} --out {output.checkpoint}"
         " --out-meta {output.meta} {params.calib} > {log} 2>&1"

@@ -55,7 +55,7 @@ rule report:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{CLI} report --scores {input} --unsupported {params.unsupported:q}"
+        "python -m whisper_ptq.cli report --scores {input} --unsupported {params.unsupported:q}"
         " --csv {output.csv} --md {output.md} --tex {output.tex} --png {output.png}"
         " --pdf {output.pdf} --pareto {params.pareto} --noise-png {output.noise}"
         " --bootstrap-resamples {params.resamples} --seed {params.seed} {params.sweep}"

@@ -27,7 +27,7 @@ rule transcribe:
     conda:
         "../../envs/ptq.yaml"
     shell:
-        "HF_HUB_OFFLINE=1 {CLI} transcribe --checkpoint {input.checkpoint}"
+        "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli transcribe --checkpoint {input.checkpoint}"
         " --model-dir {input.model_dir} --features {input.features}"
         " --manifest {input.manifest} --device {wildcards.device} --split {wildcards.split}"
         " --decoding {params.decoding:q} --timing {params.timing:q} --limit '{params.limit}' --threads {threads}"
@@ -48,5 +48,5 @@ rule score:
     conda:
         "../../envs/report.yaml"
     shell:
-        "{CLI} score --hyp {input.hyp} --timing {input.timing} --meta {input.meta}"
+        "python -m whisper_ptq.cli score --hyp {input.hyp} --timing {input.timing} --meta {input.meta}"
         " --fp32-meta {input.fp32_meta} --model {wildcards.model} --out {output} > {log} 2>&1"
