@@ -1,4 +1,5 @@
 import json
+import shlex
 import os
 import sys
 
@@ -67,3 +68,28 @@ REPORT_FILES = expand(
     + [f"pareto_{d}.png" for d in report_devices()]
     + (["sweep.md", "sweep.png"] if STUDY.sweep else []),
 )
+
+
+def calibration_input(wildcards):
+    """The calibration split's feature cache, only for entries with static activations."""
+    if not STUDY.needs_calibration(wildcards.entry):
+        return {}
+    split = STUDY.calibration["split"]
+    return {
+        "calib_features": f"data/features/{wildcards.model}/{split}.safetensors",
+        "calib_manifest": f"data/features/{wildcards.model}/{split}.manifest.jsonl",
+    }
+
+
+def calibration_args(wildcards, input):
+    if "calib_features" not in input.keys():
+        return ""
+    return (f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
+            f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}")
+
+
+def sweep_args(wildcards, output):
+    if not STUDY.sweep:
+        return ""
+    return (f"--sweep {shlex.quote(json.dumps(STUDY.sweep))}"  # parts in config order
+            f" --sweep-md {output.sweep_md} --sweep-png {output.sweep_png}")

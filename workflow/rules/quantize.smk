@@ -1,21 +1,3 @@
-def calibration_input(wildcards):
-    """The calibration split's feature cache, only for entries with static activations."""
-    if not STUDY.needs_calibration(wildcards.entry):
-        return {}
-    split = STUDY.calibration["split"]
-    return {
-        "calib_features": f"data/features/{wildcards.model}/{split}.safetensors",
-        "calib_manifest": f"data/features/{wildcards.model}/{split}.manifest.jsonl",
-    }
-
-
-def calibration_args(wildcards, input):
-    if "calib_features" not in input.keys():
-        return ""
-    return (f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
-            f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}")
-
-
 rule quantize:
     input:
         unpack(calibration_input),

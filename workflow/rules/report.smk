@@ -1,5 +1,3 @@
-import shlex
-
 # Snakemake HTML report (snakemake --report report.html): workflow description and captions.
 report: "../report/workflow.rst"
 
@@ -13,13 +11,6 @@ SWEEP = (
     if STUDY.sweep
     else {}
 )
-
-
-def sweep_args(wildcards, output):
-    if not STUDY.sweep:
-        return ""
-    return (f"--sweep {shlex.quote(json.dumps(STUDY.sweep))}"  # parts in config order
-            f" --sweep-md {output.sweep_md} --sweep-png {output.sweep_png}")
 
 
 rule report:
