@@ -108,3 +108,20 @@ def test_atomic_write_removes_leftovers_of_a_killed_try(tmp_path):
     with atomic_path(tmp_path / "ckpt", is_dir=True) as d:
         (d / "w").write_text("w")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.tmp-keep", "ckpt", "x.json"]
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from whisper_ptq.io import atomic_path, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {})
+        with atomic_path(tmp_path / "d", is_dir=True):
+            pass
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755

@@ -35,6 +35,11 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False):
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700; give the output the usual umask-based mode
+        mask = os.umask(0)
+        os.umask(mask)
+        if tmp.exists():
+            os.chmod(tmp, (0o777 if is_dir else 0o666) & ~mask)
         if is_dir:
             if path.exists():
                 shutil.rmtree(path)
