@@ -93,11 +93,13 @@ def test_cli_calibrates_on_and_excludes_the_same_utterances(random_model_dir, tm
 
 
 def test_rules_pass_calibration_only_where_needed(random_model_dir, tmp_path):
-    """Dry run: the static entry's quantize job reads the calibration split's cache; every
+    """Dry run (config.yaml + the offline overlay, which calibrates on 16 test-clean
+    utterances): the static entry's quantize job reads the calibration split's cache; every
     entry's transcribe job on that split excludes the calibration utterances."""
     out = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-         str(tmp_path), "--configfile", str(REPO / "config.yaml"), "-n", "-p", "--config",
+         str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+         str(REPO / "examples/offline-mini.yaml"), "-n", "-p", "--config",
          f"model={random_model_dir}", "librispeech_url=file:///nonexistent", "devices=cpu",
          "only=fp32,quanto-int8,quanto-int8-a8-static"],
         capture_output=True, text=True, cwd=tmp_path)
@@ -106,8 +108,8 @@ def test_rules_pass_calibration_only_where_needed(random_model_dir, tmp_path):
     quantize = {m.group(1): m.group(0) for m in
                 re.finditer(r"cli quantize --entry (\S+).*", out.stdout)}
     assert f"--calib-features data/features/{tag}/test-clean.safetensors" in quantize["quanto-int8-a8-static"]
-    assert "--calib-n 32" in quantize["quanto-int8-a8-static"]
+    assert "--calib-n 16" in quantize["quanto-int8-a8-static"]
     assert "--calib" not in quantize["quanto-int8"] and "--calib" not in quantize["fp32"]
     transcribe = re.findall(r"cli transcribe .*--split (\S+).*--calib-n (\d+)", out.stdout)
-    assert sorted(set(transcribe)) == [("test-clean", "32"), ("test-other", "0")]
+    assert sorted(set(transcribe)) == [("test-clean", "16"), ("test-other", "0")]
     assert len(transcribe) == 6

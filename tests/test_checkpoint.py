@@ -44,7 +44,8 @@ def test_torch_dynamic_int8_reloads_identically(random_model_dir, tmp_path, gran
     assert 0.2 < meta["linear_bytes"] / meta["fp32_linear_bytes"] < 0.35
     assert meta["facts"] == {"library": "torch", "weights": "int8", "activations": "int8",
                              "act_mode": "dynamic", "symmetric": True, "granularity": granularity,
-                             "group_size": None, "unquantized": meta["facts"]["unquantized"]}
+                             "group_size": None, "parts": "all",
+                             "unquantized": meta["facts"]["unquantized"]}
     per_ch = reloaded.model.encoder.layers[0].fc1.weight().qscheme()
     assert (per_ch == torch.per_channel_affine) == (granularity == "per-channel")
 
