@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import time
 
 import pytest
 import yaml
@@ -61,7 +62,7 @@ def edited(path):
     original = path.read_bytes()
     try:
         path.write_bytes(original + b"\n# edited by test_reruns\n")
-        os.utime(path, (st.st_atime, st.st_mtime + 3600))
+        os.utime(path, (st.st_atime, time.time() + 3600))  # newer than any output
         yield
     finally:
         path.write_bytes(original)
@@ -73,7 +74,7 @@ def touched(path):
     """New mtime, same content; restored afterwards."""
     st = os.stat(path)
     try:
-        os.utime(path, (st.st_atime, st.st_mtime + 3600))
+        os.utime(path, (st.st_atime, time.time() + 3600))  # newer than any output
         yield
     finally:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
