@@ -97,7 +97,7 @@ def main(argv=None):
     result = {
         "model": a.model.name, "utterances": len(rows), "audio_seconds": audio,
         "batch_size": a.batch_size, "threads": threads, "repeats": a.repeats,
-        "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": ")
+        "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
         if Path("/proc/cpuinfo").exists() else None,
         "samples": samples, "medians": med,
         "a_harness_over_bare": med["pipeline_fp32"] / med["bare_fp32"],
