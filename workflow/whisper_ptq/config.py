@@ -89,8 +89,9 @@ class Study:
             raise PipelineError(f"config 'sweep': unknown entry {base!r}; known: "
                                 f"{', '.join(self.entries)}")
         raw = self.config["entries"][base]
-        if raw.get("parts"):
-            raise PipelineError(f"config 'sweep': entry {base!r} already restricts 'parts'")
+        if raw.get("parts") or raw.get("recipe"):
+            raise PipelineError(f"config 'sweep': entry {base!r} already restricts 'parts' "
+                                "(or is a recipe); sweep a plain entry")
         names = {}
         for part in sweep["parts"]:
             name = f"{base}+{part}"

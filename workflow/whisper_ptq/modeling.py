@@ -133,3 +133,25 @@ def set_threads(n: int) -> int:
 
     torch.set_num_threads(max(1, int(n)))
     return torch.get_num_threads()
+
+
+# Whisper's output head shares its weight with the token embedding.
+HEAD_WEIGHT, EMBED_WEIGHT = "proj_out.weight", "model.decoder.embed_tokens.weight"
+
+
+def drop_tied_head(state: dict) -> dict:
+    """``state`` without the head weight when it is the embedding tensor itself (a float
+    ``proj_out`` outside an entry's parts): safetensors refuses shared tensors, and the
+    embedding is then stored once. ``tie_head`` restores it after loading."""
+    head, embed = state.get(HEAD_WEIGHT), state.get(EMBED_WEIGHT)
+    if head is not None and embed is not None and head.data_ptr() == embed.data_ptr():
+        return {k: v for k, v in state.items() if k != HEAD_WEIGHT}
+    return state
+
+
+def tie_head(model, state: dict) -> None:
+    """Re-tie a float ``proj_out`` to the embedding when ``state`` (as saved) has no head weight."""
+    import torch
+
+    if HEAD_WEIGHT not in state and type(model.proj_out) is torch.nn.Linear:
+        model.proj_out.weight = model.model.decoder.embed_tokens.weight

@@ -17,7 +17,9 @@ A part name is ``[<stack>.]<kind>`` or a whole stack:
 =====================  ==========================================================
 
 ``linear_names(model, parts)`` returns exactly the module names of the nn.Linear layers the
-parts cover; a part that names nothing in the model is a PipelineError.
+parts cover; a part that names nothing in the model is a PipelineError. ``overlap(a, b)``
+tells, without a model, which kinds of layer two lists of parts share (a mixed-precision
+recipe must give each layer one scheme).
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ KINDS = {
 }
 WHOLE = {"encoder": r"model\.encoder\..+", "decoder": r"model\.decoder\..+",
          "proj_out": r"proj_out", "all": r".+"}
+
+
+# one layer of each kind, named as in Hugging Face Whisper: what parts can be told apart by
+CANONICAL = [f"model.{stack}.layers.0.{block}" for stack, blocks in (
+    ("encoder", ("self_attn", "fc")), ("decoder", ("self_attn", "encoder_attn", "fc")))
+    for kind in blocks
+    for block in ((f"{kind}.{p}_proj" for p in ("q", "k", "v", "out")) if kind != "fc"
+                  else ("fc1", "fc2"))] + ["proj_out"]
 
 
 def part_names() -> list[str]:
@@ -94,3 +104,15 @@ def left_out(model, parts=None) -> list[str]:
     """nn.Linear modules the parts leave in floating point."""
     chosen = set(linear_names(model, parts))
     return [n for n in all_linear(model) if n not in chosen]
+
+
+def covered(parts) -> set[str]:
+    """The CANONICAL layer names that ``parts`` (None = all) cover."""
+    rxs = [part_regex(p) for p in (parts or ["all"])]
+    return {n for n in CANONICAL if any(rx.match(n) for rx in rxs)}
+
+
+def overlap(a, b) -> list[str]:
+    """Kinds of layer (CANONICAL names) covered by both lists of parts."""
+    both = covered(a) & covered(b)
+    return [n for n in CANONICAL if n in both]

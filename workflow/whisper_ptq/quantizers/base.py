@@ -9,6 +9,15 @@ handled by the Quantizer of its library:
 * ``quantize(model, entry, calibration)`` → the quantized model (in memory, on CPU).
 * ``save(model, entry, out_dir)`` / ``load(ckpt_dir, model_dir, entry, device)``.
 
+Two entry forms restrict or mix schemes (libraries opt in with ``supports_parts`` /
+``supports_recipe``):
+
+* ``parts: [encoder.ffn, ...]`` — the scheme on those parts only (whisper_ptq.parts); the
+  other nn.Linear layers stay float.
+* ``recipe: [{scheme: int4, parts: [ffn]}, {scheme: int8, parts: [attn, proj_out]}]`` — a
+  mixed-precision model: each item is an entry of the same library on its own parts (no
+  layer in two items); ``layers(model, entry)`` gives each item with its module names.
+
 The checkpoint directory holds the library's weight files plus ``quant.json`` (written by
 ``checkpoint.save_checkpoint``). Loading never unpickles arbitrary objects: safetensors, or
 ``torch.load(weights_only=True)``.
@@ -23,6 +32,7 @@ from .. import PipelineError
 DEVICES = ("cpu", "cuda")
 # What every library here leaves in floating point: only nn.Linear layers are quantized.
 FLOAT_PARTS = ["conv front-end", "embed_tokens", "embed_positions", "layer norms"]
+OUTSIDE = "nn.Linear outside "  # what float_parts() adds for an entry restricted to parts
 
 
 class Quantizer:
@@ -34,9 +44,13 @@ class Quantizer:
     devices: ClassVar[tuple[str, ...]] = DEVICES
     # whether quantize/load honour an entry's `parts:` (whisper_ptq.parts; see targets())
     supports_parts: ClassVar[bool] = False
+    # whether it can combine schemes in one model (``recipe:``; see layers())
+    supports_recipe: ClassVar[bool] = False
 
     # -- config ---------------------------------------------------------------------------
     def validate(self, name: str, entry: dict) -> dict:
+        if "recipe" in entry:
+            return self._validate_recipe(name, entry)
         scheme = entry.get("scheme")
         if scheme not in self.schemes:
             raise PipelineError(
@@ -69,6 +83,9 @@ class Quantizer:
                 out["parts"] = validate_parts(entry["parts"])
             except PipelineError as e:
                 raise PipelineError(f"entry {name!r}: {e}") from None
+        return self._validate_devices(name, entry, out)
+
+    def _validate_devices(self, name: str, entry: dict, out: dict) -> dict:
         devices = entry.get("devices")
         if devices is not None:
             out["devices"] = list(devices)
@@ -78,9 +95,47 @@ class Quantizer:
                     raise PipelineError(f"entry {name!r} cannot run on {device}: {reason}")
         return out
 
+    def _validate_recipe(self, name: str, entry: dict) -> dict:
+        from ..parts import overlap
+
+        if not self.supports_recipe:
+            raise PipelineError(f"entry {name!r}: library {self.library!r} cannot combine "
+                                "schemes in one model ('recipe')")
+        extra = sorted(set(entry) - {"library", "recipe", "devices"})
+        if extra:
+            raise PipelineError(f"entry {name!r}: a recipe entry gives scheme and options per "
+                                f"item, not {', '.join(map(repr, extra))} beside 'recipe'")
+        recipe = entry["recipe"]
+        if not isinstance(recipe, list) or len(recipe) < 2:
+            raise PipelineError(f"entry {name!r}: 'recipe' must list at least two items "
+                                "({scheme, parts, options}); one scheme is a plain entry")
+        items = []
+        for i, raw in enumerate(recipe):
+            where = f"{name}.recipe[{i}]"
+            if not isinstance(raw, dict) or "parts" not in raw or not raw.get("scheme"):
+                raise PipelineError(f"entry {where!r}: each recipe item needs 'scheme' and 'parts'")
+            if raw.keys() & {"recipe", "devices"} or raw.get("library", self.library) != self.library:
+                raise PipelineError(f"entry {where!r}: an item takes scheme, parts and options only")
+            items.append(self.validate(where, {**raw, "library": self.library}))
+        for i, a in enumerate(items):
+            for j in range(i):
+                shared = overlap(items[j]["parts"], a["parts"])
+                if shared:
+                    raise PipelineError(
+                        f"entry {name!r}: recipe items {j} and {i} both cover {shared[0]} "
+                        f"({'+'.join(items[j]['parts'])} / {'+'.join(a['parts'])}); each layer "
+                        "gets one scheme")
+        out = {"library": self.library, "scheme": "recipe", "recipe": items,
+               "parts": [p for item in items for p in item["parts"]]}
+        return self._validate_devices(name, entry, out)
+
     def unsupported(self, entry: dict, device: str) -> str | None:
         if device not in self.devices:
             return f"library {self.library!r} has no {device} support"
+        for item in entry.get("recipe", []):
+            reason = self.unsupported(item, device)
+            if reason:
+                return reason
         return None
 
     def describe(self, entry: dict) -> dict:
@@ -104,6 +159,25 @@ class Quantizer:
         from ..parts import linear_names as part_linear_names
 
         return part_linear_names(model, entry.get("parts"))
+
+    def layers(self, model, entry: dict) -> list[tuple[dict, list[str]]]:
+        """(scheme entry, nn.Linear names) pairs: the entry itself, or each recipe item."""
+        return [(item, self.targets(model, item)) for item in entry.get("recipe") or [entry]]
+
+    def describe_recipe(self, entry: dict) -> dict:
+        """Facts of a recipe: a fact shared by all items as is, else each item's value
+        with its parts ("int4 [ffn] + int8 [attn+proj_out]")."""
+        per_item = [(self.describe(item), "+".join(item["parts"])) for item in entry["recipe"]]
+        out = {}
+        for key in per_item[0][0]:
+            values = [f[key] for f, _ in per_item]
+            out[key] = values[0] if all(v == values[0] for v in values) else " + ".join(
+                f"{v} [{parts}]" for v, (_, parts) in zip(values, per_item))
+        out["parts"] = "; ".join(entry["parts"])
+        extra = [u for f, _ in per_item for u in f["unquantized"]
+                 if u not in FLOAT_PARTS and not u.startswith(OUTSIDE)]
+        out["unquantized"] = float_parts(entry) + list(dict.fromkeys(extra))
+        return out
 
 
 def facts(
@@ -133,7 +207,7 @@ def facts(
 def float_parts(entry: dict) -> list[str]:
     """FLOAT_PARTS, plus the nn.Linear layers outside an entry's ``parts``."""
     parts = entry.get("parts")
-    return list(FLOAT_PARTS) + ([f"nn.Linear outside {'+'.join(parts)}"] if parts else [])
+    return list(FLOAT_PARTS) + ([f"{OUTSIDE}{'+'.join(parts)}"] if parts else [])
 
 
 def tensor_bytes(obj) -> int:

@@ -11,6 +11,9 @@ What bitsandbytes does to Whisper (0.50.2, transformers 5.24):
   which go through an fp16 matmul ("mixed-precision decomposition").
 * transformers skips the output head: ``proj_out`` stays the fp32 tensor tied to
   ``embed_tokens`` (stored once), unlike torch/quanto/hqq, which store a quantized copy.
+* ``parts``: the nn.Linear layers outside them go to ``llm_int8_skip_modules`` (by full
+  name, with ``proj_out``), which ``save_pretrained`` keeps in config.json for the reload.
+  A ``parts`` list naming ``proj_out`` is refused (it cannot be quantized here).
 
 Checkpoint: ``save_pretrained`` (safetensors + the quantization config in config.json);
 ``from_pretrained`` reloads it already quantized on the target device.
@@ -27,11 +30,12 @@ import warnings
 from pathlib import Path
 
 from .. import PipelineError
-from .base import FLOAT_PARTS, Quantizer, facts
+from .base import Quantizer, facts, float_parts, linear_names
 
 DTYPES = ("float32", "float16", "bfloat16")
 BLOCK = 64  # bitsandbytes 4-bit blocksize
 DQ_BLOCK = 256  # double-quant blocksize of the absmax scales
+HEAD = "proj_out"  # the output head, which transformers never quantizes with bitsandbytes
 
 
 class BitsAndBytes(Quantizer):
@@ -42,12 +46,16 @@ class BitsAndBytes(Quantizer):
         "int8": {"threshold": 6.0},
     }
     options = {"double_quant": bool, "compute_dtype": DTYPES, "threshold": float}
+    supports_parts = True
 
     def validate(self, name, entry):
         entry = dict(entry)
         if isinstance(entry.get("threshold"), int) and not isinstance(entry["threshold"], bool):
             entry["threshold"] = float(entry["threshold"])
         out = super().validate(name, entry)
+        if HEAD in out.get("parts", []):
+            raise PipelineError(f"entry {name!r}: bitsandbytes keeps {HEAD} tied to "
+                                f"embed_tokens in fp32; part {HEAD!r} cannot be quantized by it")
         if out["scheme"] == "int8":
             if "double_quant" in out or "compute_dtype" in out:
                 raise PipelineError(f"entry {name!r}: bnb int8 (LLM.int8) takes only 'threshold'")
@@ -58,32 +66,44 @@ class BitsAndBytes(Quantizer):
         return out
 
     def describe(self, entry):
-        unquantized = list(FLOAT_PARTS) + ["proj_out (kept tied to embed_tokens, fp32)"]
+        unquantized = float_parts(entry) + [f"{HEAD} (kept tied to embed_tokens, fp32)"]
+        parts = entry.get("parts")
         if entry["scheme"] == "int8":
             return facts(weights="int8", activations="int8 (fp16 outliers > "
                          f"{entry['threshold']:g})", act_mode="dynamic", symmetric=True,
-                         granularity="per-channel", unquantized=unquantized)
+                         granularity="per-channel", unquantized=unquantized, parts=parts)
         weights = entry["scheme"] + (" + double-quant int8 scales" if entry["double_quant"] else "")
         return facts(weights=weights, activations=entry["compute_dtype"], act_mode="none",
                      symmetric=True, granularity="per-group", group_size=BLOCK,
-                     unquantized=unquantized)
+                     unquantized=unquantized, parts=parts)
 
-    def config(self, entry):
+    def targets(self, model, entry):
+        return [n for n in super().targets(model, entry) if n != HEAD]
+
+    def config(self, entry, skip=None):
+        """``skip``: full names of nn.Linear layers to leave float (None: transformers' default,
+        the output head)."""
         import torch
         from transformers import BitsAndBytesConfig
 
         if entry["scheme"] == "int8":
-            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(entry["threshold"]))
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(entry["threshold"]),
+                                      llm_int8_skip_modules=skip)
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=entry["scheme"],
             bnb_4bit_use_double_quant=bool(entry["double_quant"]),
             bnb_4bit_compute_dtype=getattr(torch, entry["compute_dtype"]),
+            llm_int8_skip_modules=skip,
         )
 
     def quantize(self, model, entry, calibration=None):
         import torch
         from transformers import WhisperForConditionalGeneration
 
+        skip = None
+        if entry.get("parts"):
+            chosen = set(self.targets(model, entry))
+            skip = [n for n in linear_names(model) if n not in chosen]
         # bitsandbytes quantizes while loading: round-trip the fp32 model through a
         # temporary directory (so the in-memory model given here is what gets quantized)
         with tempfile.TemporaryDirectory(prefix="bnb-fp32-") as tmp:
@@ -91,7 +111,7 @@ class BitsAndBytes(Quantizer):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 qmodel = WhisperForConditionalGeneration.from_pretrained(
-                    tmp, quantization_config=self.config(entry), device_map="cpu",
+                    tmp, quantization_config=self.config(entry, skip), device_map="cpu",
                     dtype=torch.float32)
         qmodel.generation_config = model.generation_config
         qmodel.eval()

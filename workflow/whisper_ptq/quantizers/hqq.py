@@ -1,6 +1,7 @@
 """HQQ (half-quadratic quantization): weight-only 8 / 4 / 3 / 2-bit, per-group, CPU and GPU.
 
-Every nn.Linear, ``proj_out`` included (a separate quantized copy of the tied
+Every nn.Linear (or those of the entry's ``parts``; a ``recipe`` gives each part its own
+bits / group size / axis), ``proj_out`` included (a separate quantized copy of the tied
 ``embed_tokens``), becomes an ``hqq.core.quantize.HQQLinear``: asymmetric (scale + zero
 point per group), groups of ``group_size`` weights along ``axis`` (1 = along the input
 features, hqq's default; 0 = along the output features), zero points rounded for 4-bit,
@@ -25,7 +26,7 @@ from __future__ import annotations
 import warnings
 
 from .. import PipelineError
-from .base import Quantizer, facts, linear_names
+from .base import Quantizer, facts, float_parts
 
 WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -66,9 +67,18 @@ class HQQ(Quantizer):
     }
     options = {"group_size": (32, 64, 128, 256), "axis": (0, 1),
                "compute_dtype": DTYPES}
+    supports_parts = True
+    supports_recipe = True
 
     def validate(self, name, entry):
         out = super().validate(name, entry)
+        if "recipe" in out:  # one compute dtype for the whole model
+            dtypes = {item["compute_dtype"] for item in out["recipe"]}
+            if len(dtypes) > 1:
+                raise PipelineError(f"entry {name!r}: recipe items must share compute_dtype, "
+                                    f"not {sorted(dtypes)}")
+            out["compute_dtype"] = dtypes.pop()
+            return out
         out.setdefault("axis", 1)
         out.setdefault("compute_dtype", "float32")
         return out
@@ -79,9 +89,12 @@ class HQQ(Quantizer):
         return super().unsupported(entry, device)
 
     def describe(self, entry):
+        if "recipe" in entry:
+            return self.describe_recipe(entry)
         return facts(weights=f"int{entry['nbits']}", activations=entry["compute_dtype"],
                      act_mode="none", symmetric=False, granularity="per-group",
-                     group_size=entry["group_size"])
+                     group_size=entry["group_size"], parts=entry.get("parts"),
+                     unquantized=float_parts(entry))
 
     def quantize(self, model, entry, calibration=None):
         import torch
@@ -93,16 +106,17 @@ class HQQ(Quantizer):
         notes = []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for name in linear_names(model):
-                linear = model.get_submodule(name)
-                axis = pack_axis(tuple(linear.weight.shape), entry["nbits"], entry["group_size"],
-                                 entry["axis"])
-                if axis != entry["axis"]:
-                    notes.append(f"{name}: quantized with axis={axis} (its groups cannot be "
-                                 f"packed along axis={entry['axis']})")
-                qlinear = HQQLinear(linear, _config(entry["nbits"], entry["group_size"], axis),
-                                    compute_dtype=dtype, device="cpu", del_orig=False)
-                _replace(model, name, qlinear)
+            for item, names in self.layers(model, entry):
+                for name in names:
+                    linear = model.get_submodule(name)
+                    axis = pack_axis(tuple(linear.weight.shape), item["nbits"],
+                                     item["group_size"], item["axis"])
+                    if axis != item["axis"]:
+                        notes.append(f"{name}: quantized with axis={axis} (its groups cannot be "
+                                     f"packed along axis={item['axis']})")
+                    qlinear = HQQLinear(linear, _config(item["nbits"], item["group_size"], axis),
+                                        compute_dtype=dtype, device="cpu", del_orig=False)
+                    _replace(model, name, qlinear)
         model.to(dtype)  # the float modules compute in compute_dtype too
         model.ptq_notes = notes
         return model
@@ -118,14 +132,14 @@ class HQQ(Quantizer):
         from safetensors.torch import load_file
         from transformers import GenerationConfig
 
-        from ..modeling import empty_model
+        from ..modeling import HEAD_WEIGHT, empty_model, tie_head
 
         _set_backend()
         dtype = getattr(torch, entry["compute_dtype"])
         state = load_file(str(ckpt_dir / WEIGHTS), device=device)
         model = empty_model(model_dir)
         model.generation_config = GenerationConfig.from_pretrained(model_dir)
-        names = linear_names(model)
+        names = [n for _, item_names in self.layers(model, entry) for n in item_names]
         for name in names:
             prefix = name + "."
             sub = {k[len(prefix):]: state.pop(k) for k in list(state) if k.startswith(prefix)}
@@ -136,7 +150,9 @@ class HQQ(Quantizer):
             _replace(model, name, qlinear)
         linears = tuple(n + "." for n in names)
         result = model.load_state_dict(state, strict=False, assign=True)
-        missing = [k for k in result.missing_keys if not k.startswith(linears)]
+        tie_head(model, state)
+        missing = [k for k in result.missing_keys
+                   if not k.startswith(linears) and not (k == HEAD_WEIGHT and k not in state)]
         if missing or result.unexpected_keys:
             raise PipelineError(f"{ckpt_dir}/{WEIGHTS} does not match the model: missing "
                                 f"{missing[:5]}, unexpected {result.unexpected_keys[:5]}")
@@ -161,7 +177,9 @@ def _state(model) -> dict:
             for k, v in module.state_dict().items():
                 if v is not None:
                     state[f"{name}.{k}"] = v.detach().contiguous()
-    for k, v in model.state_dict().items():
+    from ..modeling import drop_tied_head
+
+    for k, v in drop_tied_head(model.state_dict()).items():
         if k.rpartition(".")[0] not in hqq_names and not any(k.startswith(n + ".") for n in hqq_names):
             state[k] = v.detach().contiguous()
     return state

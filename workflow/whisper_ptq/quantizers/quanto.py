@@ -8,10 +8,13 @@ What quanto does to a Whisper nn.Linear (optimum-quanto 0.2.7, ``QModuleMixin``)
   features (quanto lowers 128 by 32 until it divides ``in_features``; 512/768/1024/1280
   and their 4× are multiples of 128, so Whisper gets 128).
 * activations (static entries): symmetric, one input and one output scale per layer (a
-  per-tensor scale, calibrated with ``Calibration(momentum=0.9)`` then frozen).
+  per-tensor scale, calibrated with ``Calibration(momentum=0.9)`` then frozen). On the
+  whole model quanto also gives the layer norms static int8 outputs; an entry restricted
+  to ``parts`` (or a recipe item) activation-quantizes the nn.Linear layers of its parts only.
 
-Every nn.Linear is quantized, ``proj_out`` too (a separate quantized copy of the tied
-``embed_tokens``), but ``proj_out``'s activations stay float: activation-quantizing it
+Every nn.Linear is quantized (or those of the entry's ``parts``; a ``recipe`` gives each
+part its own weight / activation types), ``proj_out`` too (a separate quantized copy of
+the tied ``embed_tokens``), but ``proj_out``'s activations stay float: activation-quantizing it
 crashes ``generate()`` (see the notes). Calibration (streamline mode, quanto's default)
 also leaves float the outputs of layers that only feed GELU / residual adds. Checkpoint:
 ``model.safetensors`` (the frozen state dict, quantized tensors flattened into plain
@@ -25,7 +28,7 @@ import json
 import warnings
 
 from .. import PipelineError
-from .base import FLOAT_PARTS, Quantizer, facts
+from .base import Quantizer, facts, float_parts
 
 WEIGHTS = "model.safetensors"
 QMAP = "quantization_map.json"
@@ -73,10 +76,12 @@ class Quanto(Quantizer):
         "float8-afp8-static": {"weights": "float8", "activations": "float8"},
     }
     options = {"weights": tuple(WEIGHT_TYPES), "activations": tuple(ACT_TYPES)}
+    supports_parts = True
+    supports_recipe = True
 
     def validate(self, name, entry):
         out = super().validate(name, entry)
-        if out["activations"] != "none" and out["weights"] not in ("int8", "float8"):
+        if "recipe" not in out and out["activations"] != "none" and out["weights"] not in ("int8", "float8"):
             raise PipelineError(
                 f"entry {name!r}: quanto static {out['activations']} activations need 8-bit "
                 f"weights (int8 or float8), not {out['weights']}"
@@ -84,14 +89,18 @@ class Quanto(Quantizer):
         return out
 
     def needs_calibration(self, entry):
-        return entry["activations"] != "none"
+        return any(item["activations"] != "none" for item in entry.get("recipe") or [entry])
 
     def describe(self, entry):
+        from ..parts import covered
+
+        if "recipe" in entry:
+            return self.describe_recipe(entry)
         w, a = entry["weights"], entry["activations"]
         eight = w in ("int8", "float8")
         static = a != "none"
-        unquantized = list(FLOAT_PARTS)
-        if static:
+        unquantized = float_parts(entry)
+        if static and FLOAT_ACT_LAYER in covered(entry.get("parts")):
             unquantized.append("proj_out activations (its weights are quantized)")
         return facts(
             weights=WEIGHT_TYPES[w][1],
@@ -101,23 +110,32 @@ class Quanto(Quantizer):
             granularity="per-channel" if eight else "per-group",
             group_size=None if eight else GROUP_SIZE,
             unquantized=unquantized,
+            parts=entry.get("parts"),
         )
 
     def quantize(self, model, entry, calibration=None):
         from optimum.quanto import freeze, quantize
 
         model = model.float().cpu().eval()
-        weights = _qtype(WEIGHT_TYPES[entry["weights"]][0])
-        acts = _qtype(ACT_TYPES[entry["activations"]][0])
+        if self.needs_calibration(entry) and not calibration:
+            raise PipelineError("quanto static activations need calibration batches")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if acts is None:
-                quantize(model, weights=weights)
-            else:
-                if not calibration:
-                    raise PipelineError("quanto static activations need calibration batches")
-                quantize(model, weights=weights, activations=acts, exclude=FLOAT_ACT_LAYER)
-                quantize(model, weights=weights, include=FLOAT_ACT_LAYER)
+            for item, names in self.layers(model, entry):
+                weights = _qtype(WEIGHT_TYPES[item["weights"]][0])
+                acts = _qtype(ACT_TYPES[item["activations"]][0])
+                if acts and not item.get("parts"):
+                    # the whole model, as quanto does it: layer norms get static outputs too
+                    quantize(model, weights=weights, activations=acts, exclude=FLOAT_ACT_LAYER)
+                    quantize(model, weights=weights, include=FLOAT_ACT_LAYER)
+                    continue
+                act_names = [n for n in names if n != FLOAT_ACT_LAYER] if acts else []
+                if act_names:  # parts: their nn.Linear layers only
+                    quantize(model, weights=weights, activations=acts, include=act_names)
+                rest = [n for n in names if n not in act_names]
+                if rest:
+                    quantize(model, weights=weights, include=rest)
+            if self.needs_calibration(entry):
                 _calibrate(model, calibration)
             freeze(model)
         return model
@@ -126,8 +144,11 @@ class Quanto(Quantizer):
         from optimum.quanto import quantization_map
         from safetensors.torch import save_file
 
-        state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        # proj_out has its own quantized weight; embed_tokens is stored once, as usual
+        from ..modeling import drop_tied_head
+
+        # a quantized proj_out has its own weight; a float one (outside the parts) is the
+        # tied embedding, stored once
+        state = {k: v.contiguous() for k, v in drop_tied_head(model.state_dict()).items()}
         save_file(state, str(out_dir / WEIGHTS))
         (out_dir / QMAP).write_text(json.dumps(quantization_map(model), indent=1, sort_keys=True))
         (out_dir / FLOAT_OUTPUTS).write_text(json.dumps(_float_outputs(model), indent=1))
@@ -138,7 +159,7 @@ class Quanto(Quantizer):
         from safetensors.torch import load_file
         from transformers import GenerationConfig
 
-        from ..modeling import empty_model
+        from ..modeling import empty_model, tie_head
 
         model = empty_model(model_dir)
         model.generation_config = GenerationConfig.from_pretrained(model_dir)
@@ -147,6 +168,7 @@ class Quanto(Quantizer):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             requantize(model, state, qmap, device=torch.device(device))
+        tie_head(model, state)
         for name in json.loads((ckpt_dir / FLOAT_OUTPUTS).read_text()):
             model.get_submodule(name).disable_output_quantization()
         return model.eval()
