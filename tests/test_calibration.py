@@ -82,6 +82,8 @@ def test_cli_calibrates_on_and_excludes_the_same_utterances(random_model_dir, tm
     calib = meta["calibration"]["ids"]
     assert len(calib) == 3 and meta["calibration_batches"] == 1
     assert calib == calibration_ids(read_jsonl(manifest), 3)
+    # the checkpoint itself says what calibrated it
+    assert read_json(tmp_path / "ck" / "quant.json")["calibration"] == meta["calibration"]
     assert cli.main(["transcribe", "--checkpoint", str(tmp_path / "ck"), "--model-dir",
                      str(random_model_dir), "--features", str(feats), "--manifest", str(manifest),
                      "--device", "cpu", "--split", "test-clean", "--out-hyp",

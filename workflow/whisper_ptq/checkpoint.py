@@ -17,11 +17,13 @@ def weights_bytes(ckpt_dir) -> int:
     return dir_bytes(ckpt_dir) - dir_bytes(ckpt_dir, suffixes=(".json",))
 
 
-def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None) -> dict:
+def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None,
+                    calibration_source: dict | None = None) -> dict:
     """Build the quantized model of ``entry`` from the fp32 model and save it to ``out_dir``.
 
     ``calibration`` is a list of input-feature batches (never the scored utterances) for
-    schemes with static activations. Returns the metadata written to ``quant.json``.
+    schemes with static activations, ``calibration_source`` where they came from ({split, n,
+    ids}). Returns the metadata written to ``quant.json``.
     """
     from .modeling import load_fp32
 
@@ -44,6 +46,8 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
         "linear_bytes": linear_bytes(qmodel, names),
         "fp32_linear_bytes": fp32_linear,
         "calibration_batches": len(calibration or []),
+        # which utterances calibrated it (split, n, ids): with the checkpoint, not beside it
+        "calibration": calibration_source if calibration else None,
         # per-layer deviations from the scheme a library had to make (e.g. hqq packing)
         "notes": list(getattr(qmodel, "ptq_notes", [])),
     }

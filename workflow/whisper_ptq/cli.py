@@ -56,8 +56,8 @@ def cmd_quantize(a):
         ids, calibration = calibration_batches(a.calib_features, a.calib_manifest, a.calib_n,
                                                split=a.calib_split)
         calib = {"split": a.calib_split, "n": a.calib_n, "ids": ids}
-    meta = save_checkpoint(a.entry, a.config, a.model_dir, a.out, calibration=calibration)
-    meta["calibration"] = calib
+    meta = save_checkpoint(a.entry, a.config, a.model_dir, a.out, calibration=calibration,
+                           calibration_source=calib)
     write_json(a.out_meta, meta)
     print(f"{a.entry}: {meta['bytes_on_disk']} bytes on disk")
 
