@@ -147,7 +147,7 @@ def fake_model_dir(tmp_path):
 
 
 def test_sweep_expands_into_one_entry_per_part(fake_model_dir):
-    from whisper_ptq.config import Study, validate_schema
+    from whisper_ptq.config import SWEEP_PARTS, Study, validate_schema
 
     base = {"model": str(fake_model_dir), "devices": "cpu", "entries": {
         "fp32": {"library": "fp", "scheme": "fp32"},
@@ -163,6 +163,12 @@ def test_sweep_expands_into_one_entry_per_part(fake_model_dir):
     assert only.selected == ["int8", "int8+decoder"]
     default = Study(validate_schema({**base, "sweep": {"entry": "int8"}}))
     assert len(default.sweep["parts"]) == 8
+    # bitsandbytes cannot quantize proj_out: the default sweep leaves it out, an explicit one fails
+    bnb = {**base, "entries": {**base["entries"], "nf4": {"library": "bnb", "scheme": "nf4"}}}
+    assert list(Study(validate_schema({**bnb, "sweep": {"entry": "nf4"}})).sweep["parts"]) == [
+        p for p in SWEEP_PARTS if p != "proj_out"]
+    with pytest.raises(PipelineError, match="part 'proj_out' cannot be quantized"):
+        Study(validate_schema({**bnb, "sweep": {"entry": "nf4", "parts": ["proj_out"]}}))
     assert Study(validate_schema(dict(base))).sweep is None
 
 

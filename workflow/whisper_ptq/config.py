@@ -14,6 +14,9 @@ from . import PipelineError, quantizers
 from .modeling import check_source, model_tag
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# what a sweep without `parts:` restricts its entry to, one part at a time
+SWEEP_PARTS = ["encoder", "decoder", "encoder.self_attn", "encoder.ffn", "decoder.self_attn",
+               "decoder.cross_attn", "decoder.ffn", "proj_out"]
 
 
 def as_list(value) -> list[str]:
@@ -92,13 +95,19 @@ class Study:
         if raw.get("parts") or raw.get("recipe"):
             raise PipelineError(f"config 'sweep': entry {base!r} already restricts 'parts' "
                                 "(or is a recipe); sweep a plain entry")
+        explicit = sweep.get("parts") is not None
         names = {}
-        for part in sweep["parts"]:
+        for part in sweep["parts"] if explicit else SWEEP_PARTS:
             name = f"{base}+{part}"
             if name in self.entries:
                 raise PipelineError(f"config 'sweep': entry {name!r} is also defined in 'entries'")
-            self.entries[name] = quantizers.get(raw["library"]).validate(
-                name, {**raw, "parts": [part]})
+            try:
+                self.entries[name] = quantizers.get(raw["library"]).validate(
+                    name, {**raw, "parts": [part]})
+            except PipelineError:
+                if explicit:
+                    raise
+                continue  # a default part this library cannot take (bnb: proj_out)
             names[part] = name
         return {"entry": base, "parts": names}
 
