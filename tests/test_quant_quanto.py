@@ -83,3 +83,32 @@ def test_bad_entries_are_clear_errors():
         q.validate("x", {"library": "quanto", "scheme": "int4", "activations": "int8"})
     with pytest.raises(PipelineError, match="option 'group_size' is not known"):
         q.validate("x", {"library": "quanto", "scheme": "int4", "group_size": 64})
+
+
+@pytest.mark.parametrize("observer, want", [
+    ("minmax", 3.0),  # the largest absmax seen
+    # quanto's moving average: 1 (first step), then 0.9 * 1 + 0.1 * 3, then 0.9 * 1.2 + 0.1 * 2
+    ("moving-average", 1.28),
+])
+def test_observers_turn_calibration_steps_into_scales(observer, want):
+    from optimum.quanto import qint8, quantize
+
+    from whisper_ptq.quantizers.quanto import _calibration_mode
+
+    layer = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    quantize(layer, weights=qint8, activations=qint8)
+    with torch.no_grad(), _calibration_mode(observer)(momentum=0.9):
+        for v in (1.0, 3.0, 2.0):
+            layer(torch.full((1, 4), v))
+    assert float(layer[0].input_scale) == pytest.approx(want / 127)
+
+
+def test_observer_is_a_static_option():
+    q = get("quanto")
+    assert q.validate("s", {"library": "quanto", "scheme": "int8-a8-static"})["observer"] == "minmax"
+    e = q.validate("s", {"library": "quanto", "scheme": "int8-a8-static", "observer": "moving-average"})
+    assert q.describe(e)["act_mode"] == "static (moving-average)"
+    with pytest.raises(PipelineError, match="'observer' is for static activations"):
+        q.validate("w", {"library": "quanto", "scheme": "int8", "observer": "minmax"})
+    with pytest.raises(PipelineError, match="observer=.*invalid"):
+        q.validate("s", {"library": "quanto", "scheme": "int8-a8-static", "observer": "ema"})

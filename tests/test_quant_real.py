@@ -20,10 +20,9 @@ pytestmark = pytest.mark.slow
 N_SCORED, N_CALIB = 8, 4
 CHECKED = ["torch-int8-dyn", "quanto-int8", "quanto-int8-a8-static", "hqq-int8-g64", "bnb-int8"]
 MAX_WER_INCREASE = 1.5  # points, the bound for 8-bit entries (there: base, test-clean)
-# Static per-tensor int8 activations (quanto's calibration) do NOT meet that bound: measured
-# +4.5 points on these utterances (tiny.en, 8 utterances). Asserted here only against gross
-# breakage (wrong scales, a lost calibration); the real gap is reported by the pipeline.
-STATIC_MAX_WER_INCREASE = 10.0
+# The static entry is calibrated on only N_CALIB=4 utterances: with quanto's own
+# moving-average observer that collapsed (tiny.en 5.5 -> 40.9 WER on 24 utterances); the
+# default minmax observer must hold the same bound as the weight-only entries.
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
@@ -94,9 +93,8 @@ def test_eight_bit_entries_stay_close_to_fp32(tiny_en_dir, real_cache, tmp_path)
         wers[name] = transcribe(tmp_path / name, tiny_en_dir, real_cache)
         print(f"{name}: WER {wers[name]:.2f} (fp32 {base:.2f})", flush=True)
     print(f"fp32 WER {base:.2f}; " + ", ".join(f"{n} {w:.2f}" for n, w in wers.items()))
-    static = {n for n, e in entries.items() if get(e["library"]).needs_calibration(e)}
-    far = {n: round(w - base, 2) for n, w in wers.items()
-           if w - base > (STATIC_MAX_WER_INCREASE if n in static else MAX_WER_INCREASE)}
+    assert any(get(e["library"]).needs_calibration(e) for e in entries.values())
+    far = {n: round(w - base, 2) for n, w in wers.items() if w - base > MAX_WER_INCREASE}
     assert not far, f"8-bit entries too far above fp32 ({base:.2f} WER): {far}"
 
 

@@ -8,7 +8,10 @@ What quanto does to a Whisper nn.Linear (optimum-quanto 0.2.7, ``QModuleMixin``)
   features (quanto lowers 128 by 32 until it divides ``in_features``; 512/768/1024/1280
   and their 4× are multiples of 128, so Whisper gets 128).
 * activations (static entries): symmetric, one input and one output scale per layer (a
-  per-tensor scale, calibrated with ``Calibration(momentum=0.9)`` then frozen). On the
+  per-tensor scale, calibrated then frozen). ``observer: minmax`` (default) keeps the
+  absmax over every calibration step; ``observer: moving-average`` is quanto's own
+  ``Calibration(momentum=0.9)``, an average of per-step absmaxes that clips what exceeds
+  it: with 4 calibration utterances it took tiny.en from 5.5 to 40.9 WER (minmax: 5.1). On the
   whole model quanto also gives the layer norms static int8 outputs; an entry restricted
   to ``parts`` (or a recipe item) activation-quantizes the nn.Linear layers of its parts only.
 
@@ -37,6 +40,7 @@ FLOAT_OUTPUTS = "float_outputs.json"
 WEIGHT_TYPES = {"int8": ("qint8", "int8"), "int4": ("qint4", "int4"), "int2": ("qint2", "int2"),
                 "float8": ("qfloat8", "float8_e4m3fn")}
 ACT_TYPES = {"none": (None, "float32"), "int8": ("qint8", "int8"), "float8": ("qfloat8", "float8_e4m3fn")}
+OBSERVERS = ("minmax", "moving-average")  # how calibration turns activations into scales
 GROUP_SIZE = 128  # quanto's int4/int2 group size for Whisper's linear layers
 # greedy tokens decoded per calibration utterance (LibriSpeech utterances need < 100)
 CALIBRATION_MAX_TOKENS = 96
@@ -50,16 +54,59 @@ def _qtype(name):
     return None if name is None else getattr(oq, name)
 
 
-def _calibrate(model, calibration):
+def _minmax_calibration():
+    """quanto's ``Calibration`` keeping the largest absmax seen, not a moving average."""
+    import torch
+    from optimum.quanto import Calibration, absmax_scale
+    from optimum.quanto.nn import QModuleMixin
+    from optimum.quanto.tensor import ActivationQBytesTensor
+
+    class MinMaxCalibration(Calibration):
+        def __enter__(self):
+            self._seen = set()
+            return super().__enter__()
+
+        def _keep_max(self, module, attr, scale):
+            if (module, attr) in self._seen:
+                scale = torch.maximum(getattr(module, attr), scale)
+            setattr(module, attr, scale)
+            self._seen.add((module, attr))
+
+        def calibrate_input(self, module, input, momentum=0.9):
+            if (isinstance(module, QModuleMixin) and module.activation_qtype is not None
+                    and not isinstance(input[0], ActivationQBytesTensor)):
+                self._keep_max(module, "input_scale",
+                               absmax_scale(input[0], module.activation_qtype))
+                if self.streamline and module not in self.streamline_hooks:
+                    self.streamline_hooks[module] = module.register_forward_hook(self.tag_outputs)
+                return input
+            return super().calibrate_input(module, input, momentum)
+
+        def calibrate_output(self, module, input, output):
+            if isinstance(module, QModuleMixin) and module.activation_qtype is not None:
+                self._keep_max(module, "output_scale",
+                               absmax_scale(output, module.activation_qtype, axis=None))
+                return output
+            return super().calibrate_output(module, input, output)
+
+    return MinMaxCalibration
+
+
+def _calibration_mode(observer: str):
+    from optimum.quanto import Calibration
+
+    return _minmax_calibration() if observer == "minmax" else Calibration
+
+
+def _calibrate(model, calibration, observer):
     """Run greedy decoding on the calibration batches so that every layer sees real inputs."""
     import torch
-    from optimum.quanto import Calibration
 
     from ..transcribe import NB_MAX_FRAMES, generation_kwargs
 
     kwargs = generation_kwargs(model, {"max_new_tokens": CALIBRATION_MAX_TOKENS})
     # no_grad, not inference_mode: quanto's int4/int2 tensors fail under inference_mode
-    with torch.no_grad(), Calibration(momentum=0.9):
+    with torch.no_grad(), _calibration_mode(observer)(momentum=0.9):
         for feats in calibration:
             feats = feats[..., :NB_MAX_FRAMES].float()
             model.generate(feats, **kwargs)
@@ -75,17 +122,30 @@ class Quanto(Quantizer):
         "int8-a8-static": {"weights": "int8", "activations": "int8"},
         "float8-afp8-static": {"weights": "float8", "activations": "float8"},
     }
-    options = {"weights": tuple(WEIGHT_TYPES), "activations": tuple(ACT_TYPES)}
+    options = {"weights": tuple(WEIGHT_TYPES), "activations": tuple(ACT_TYPES),
+               "observer": OBSERVERS}
     supports_parts = True
     supports_recipe = True
 
     def validate(self, name, entry):
         out = super().validate(name, entry)
-        if "recipe" not in out and out["activations"] != "none" and out["weights"] not in ("int8", "float8"):
+        if "recipe" in out:  # one calibration pass for the whole model
+            observers = {i["observer"] for i in out["recipe"] if "observer" in i}
+            if len(observers) > 1:
+                raise PipelineError(f"entry {name!r}: recipe items must share 'observer', "
+                                    f"not {sorted(observers)}")
+            return out
+        if out["activations"] == "none":
+            if "observer" in out:
+                raise PipelineError(f"entry {name!r}: 'observer' is for static activations; "
+                                    f"scheme {out['scheme']!r} has none")
+            return out
+        if out["weights"] not in ("int8", "float8"):
             raise PipelineError(
                 f"entry {name!r}: quanto static {out['activations']} activations need 8-bit "
                 f"weights (int8 or float8), not {out['weights']}"
             )
+        out.setdefault("observer", "minmax")
         return out
 
     def needs_calibration(self, entry):
@@ -105,7 +165,7 @@ class Quanto(Quantizer):
         return facts(
             weights=WEIGHT_TYPES[w][1],
             activations=ACT_TYPES[a][1],
-            act_mode="static" if static else "none",
+            act_mode=f"static ({entry['observer']})" if static else "none",
             symmetric=True if eight else False,
             granularity="per-channel" if eight else "per-group",
             group_size=None if eight else GROUP_SIZE,
@@ -136,7 +196,8 @@ class Quanto(Quantizer):
                 if rest:
                     quantize(model, weights=weights, include=rest)
             if self.needs_calibration(entry):
-                _calibrate(model, calibration)
+                observer = [i["observer"] for i in entry.get("recipe") or [entry] if "observer" in i]
+                _calibrate(model, calibration, observer[0])
             freeze(model)
         return model
 
