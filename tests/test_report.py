@@ -47,6 +47,9 @@ def make_score(model, device, entry, split, errors, *, n=20, size=0.0, rtf=0.5, 
         "facts": {"weights": "int8" if entry != "fp32" else "float32", "activations": "float32",
                   "act_mode": "none", "symmetric": True, "granularity": "per-tensor",
                   "group_size": None, "unquantized": ["conv"]},
+        "provenance": {"transcribe": {"git_commit": "c0ffee", "git_dirty": False, "gpu": None,
+                                      "slurm_job_id": "42", "hostname": "node7",
+                                      "cpu": {"model": "EPYC 9654"}, "loadavg": [1.5, 1.0, 0.5]}},
     }
 
 
@@ -112,6 +115,10 @@ def test_build_writes_table_with_intervals_and_marks(tmp_path):
     clean = by[("int8", "test-clean")]
     assert (float(clean["dwer"]), float(clean["dwer_lo"]), float(clean["dwer_hi"])) == (0, 0, 0)
     assert clean["dwer_significant"] == "False" and float(clean["no_regression"]) == 100.0
+    # where each row was measured
+    assert (other["git_commit"], other["git_dirty"], other["slurm_job_id"], other["hostname"],
+            other["cpu_model"], other["loadavg_1m"]) == ("c0ffee", "False", "42", "node7",
+                                                         "EPYC 9654", "1.5")
     assert by[("bnb", "")]["status"].startswith("unsupported")
 
     md = out["out_md"].read_text()

@@ -34,6 +34,8 @@ CSV_FIELDS = [
     "base_split", "noise", "snr_db",
     # the model parts an entry quantizes ("all" or e.g. "encoder.ffn"; whisper_ptq.parts)
     "parts",
+    # where the transcription ran (full provenance: the score JSON)
+    "git_commit", "git_dirty", "slurm_job_id", "hostname", "cpu_model", "gpu", "loadavg_1m",
 ]
 
 
@@ -47,6 +49,10 @@ def row_from_score(score: dict) -> dict:
     row["parts"] = facts.get("parts") or "all"  # libraries without `parts` quantize every part
     name = parse_split(score["split"])
     row.update(base_split=name.base, noise=name.kind, snr_db=name.snr_db)
+    prov = (score.get("provenance") or {}).get("transcribe") or {}
+    row.update({k: prov.get(k) for k in ("git_commit", "git_dirty", "slurm_job_id", "hostname", "gpu")})
+    row["cpu_model"] = (prov.get("cpu") or {}).get("model")
+    row["loadavg_1m"] = (prov.get("loadavg") or [None])[0]
     return row
 
 
