@@ -28,6 +28,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from .. import PipelineError
+from ..parts import all_linear
+
+linear_names = all_linear  # names of every nn.Linear of a model
 
 DEVICES = ("cpu", "cuda")
 # What every library here leaves in floating point: only nn.Linear layers are quantized.
@@ -225,12 +228,6 @@ def tensor_bytes(obj) -> int:
     if isinstance(obj, dict):
         return sum(tensor_bytes(o) for o in obj.values())
     return 0
-
-
-def linear_names(model) -> list[str]:
-    import torch
-
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 def linear_bytes(model, names: list[str]) -> int:
