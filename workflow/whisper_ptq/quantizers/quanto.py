@@ -40,7 +40,7 @@ FLOAT_OUTPUTS = "float_outputs.json"
 WEIGHT_TYPES = {"int8": ("qint8", "int8"), "int4": ("qint4", "int4"), "int2": ("qint2", "int2"),
                 "float8": ("qfloat8", "float8_e4m3fn")}
 ACT_TYPES = {"none": (None, "float32"), "int8": ("qint8", "int8"), "float8": ("qfloat8", "float8_e4m3fn")}
-OBSERVERS = ("minmax", "moving-average")  # how calibration turns activations into scales
+OBSERVERS = ("minmax", "moving-average")  # the default first; how calibration turns activations into scales
 GROUP_SIZE = 128  # quanto's int4/int2 group size for Whisper's linear layers
 # greedy tokens decoded per calibration utterance (LibriSpeech utterances need < 100)
 CALIBRATION_MAX_TOKENS = 96
@@ -98,6 +98,12 @@ def _calibration_mode(observer: str):
     return _minmax_calibration() if observer == "minmax" else Calibration
 
 
+def _observer(entry) -> str:
+    """The entry's observer (recipe items share one); minmax where none is named."""
+    named = [i["observer"] for i in entry.get("recipe") or [entry] if "observer" in i]
+    return named[0] if named else OBSERVERS[0]
+
+
 def _calibrate(model, calibration, observer):
     """Run greedy decoding on the calibration batches so that every layer sees real inputs."""
     import torch
@@ -145,7 +151,7 @@ class Quanto(Quantizer):
                 f"entry {name!r}: quanto static {out['activations']} activations need 8-bit "
                 f"weights (int8 or float8), not {out['weights']}"
             )
-        out.setdefault("observer", "minmax")
+        out.setdefault("observer", OBSERVERS[0])
         return out
 
     def needs_calibration(self, entry):
@@ -165,7 +171,7 @@ class Quanto(Quantizer):
         return facts(
             weights=WEIGHT_TYPES[w][1],
             activations=ACT_TYPES[a][1],
-            act_mode=f"static ({entry['observer']})" if static else "none",
+            act_mode=f"static ({_observer(entry)})" if static else "none",
             symmetric=True if eight else False,
             granularity="per-channel" if eight else "per-group",
             group_size=None if eight else GROUP_SIZE,
@@ -196,8 +202,7 @@ class Quanto(Quantizer):
                 if rest:
                     quantize(model, weights=weights, include=rest)
             if self.needs_calibration(entry):
-                observer = [i["observer"] for i in entry.get("recipe") or [entry] if "observer" in i]
-                _calibrate(model, calibration, observer[0])
+                _calibrate(model, calibration, _observer(entry))
             freeze(model)
         return model
 
