@@ -1,9 +1,13 @@
 """Config validation: schema types, libraries, schemes, devices, model dirs, `only`."""
 
+from pathlib import Path
+
 import pytest
 
 from whisper_ptq import PipelineError
-from whisper_ptq.config import Study, validate_schema
+from whisper_ptq.config import SWEEP_PARTS, Study, validate_schema
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def cfg(model_dir, **over):
@@ -78,3 +82,21 @@ def test_only_filters_and_rejects_unknown_names(random_model_dir):
 def test_fp32_baseline_is_required(random_model_dir):
     with pytest.raises(PipelineError, match="fp32 baseline"):
         Study(cfg(random_model_dir, entries={"t": {"library": "torch", "scheme": "int8-dynamic"}}))
+
+
+@pytest.mark.parametrize("overlay", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_example_overlays_validate_on_top_of_config_yaml(overlay, random_model_dir):
+    """Every examples/*.yaml is valid over config.yaml, as its usage line runs it."""
+    import yaml
+
+    config = {**yaml.safe_load((REPO / "config.yaml").read_text()),
+              **yaml.safe_load((REPO / "examples" / overlay).read_text()),
+              "model": str(random_model_dir), "devices": "cpu"}
+    study = Study(validate_schema(config))
+    jobs = study.jobs()
+    assert {j.entry for j in jobs} >= {"fp32"} and {j.split for j in jobs} == set(study.splits)
+    if study.sweep:  # every default part but the one bnb refuses
+        assert sorted(study.sweep["parts"]) == sorted(p for p in SWEEP_PARTS if p != "proj_out")
+    if overlay == "noise-mini.yaml":
+        assert {j.entry for j in jobs} == {"fp32", "torch-int8-dyn", "hqq-int4-g64"}
+        assert len(study.splits) == 7
