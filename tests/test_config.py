@@ -100,3 +100,10 @@ def test_example_overlays_validate_on_top_of_config_yaml(overlay, random_model_d
     if overlay == "noise-mini.yaml":
         assert {j.entry for j in jobs} == {"fp32", "torch-int8-dyn", "hqq-int4-g64"}
         assert len(study.splits) == 7
+
+
+def test_entry_order_puts_the_sweep_after_its_entry(random_model_dir):
+    study = Study(cfg(random_model_dir, sweep={"entry": "torch-int8-dyn",
+                                                "parts": ["decoder", "encoder"]}))
+    assert study.entry_order() == ["fp32", "torch-int8-dyn", "torch-int8-dyn+decoder",
+                                   "torch-int8-dyn+encoder"]

@@ -214,6 +214,29 @@ def test_pareto_front():
     assert report.pareto_front(pts, maximize_x=False) == [3, 1, 0]
 
 
+def test_pareto_cap_only_when_a_scheme_collapses():
+    assert report.pareto_cap([5.0, 6.5, 19.0], baseline=5.0) is None      # all shown
+    assert report.pareto_cap([5.0, 6.5, 560.0], baseline=5.0) == 5.0 * report.PARETO_CAP
+    assert report.pareto_cap([5.0, 560.0], baseline=None) is None         # no fp32 to scale by
+
+
+def test_rows_follow_the_given_entry_order(tmp_path):
+    scores = study()
+    c, o = scores[0]["utterances"], scores[1]["utterances"]
+    for entry in ("zz-first", "aa-last"):  # order puts them against the alphabet
+        scores += [make_score("base", "cpu", entry, "test-clean", [u["words"]["substitutions"] for u in c]),
+                   make_score("base", "cpu", entry, "test-other", [u["words"]["substitutions"] for u in o],
+                              spk_prefix="o")]
+    out = outputs(tmp_path)
+    unsupported = [{"model": "base", "entry": "bf16", "device": "cpu", "reason": "GPU only"}]
+    report.build(write_scores(tmp_path, scores), unsupported, **out, n_resamples=50,
+                 order=["fp32", "bf16", "zz-first", "int8", "aa-last"])
+    md_rows = [l.split("|")[1].strip() for l in out["out_md"].read_text().splitlines()
+               if l.startswith("| ") and not l.startswith("| Entry")]
+    assert md_rows == ["fp32", "bf16", "zz-first", "int8", "aa-last"]
+    assert [r["entry"] for r in read_csv(out["out_csv"])][::2][:2] == ["fp32", "bf16"]
+
+
 def test_sweep_table_and_heatmap(tmp_path):
     rng = np.random.default_rng(2)
     base_c, base_o = rng.integers(0, 3, 40), rng.integers(1, 5, 40)

@@ -41,6 +41,7 @@ rule report:
         resamples=BOOTSTRAP.get("resamples", 2000),
         seed=BOOTSTRAP.get("seed", 0),
         sweep=sweep_args,
+        order=json.dumps(STUDY.entry_order()),
     log:
         "logs/report.log",
     conda:
@@ -50,4 +51,5 @@ rule report:
         " --csv {output.csv} --md {output.md} --tex {output.tex} --png {output.png}"
         " --pdf {output.pdf} --pareto {params.pareto} --noise-png {output.noise}"
         " --bootstrap-resamples {params.resamples} --seed {params.seed} {params.sweep}"
+        " --order {params.order:q}"
         " > {log} 2>&1"

@@ -108,7 +108,7 @@ def cmd_report(a):
     rows = build(a.scores, unsupported, a.csv, a.md, a.tex, a.png, a.pdf, pareto=pareto,
                  noise_png=a.noise_png, n_resamples=a.bootstrap_resamples, seed=a.seed,
                  sweep=json.loads(a.sweep) if a.sweep else None, sweep_md=a.sweep_md,
-                 sweep_png=a.sweep_png)
+                 sweep_png=a.sweep_png, order=a.order)
     print(f"report: {len(rows)} rows")
 
 
@@ -177,6 +177,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep", default="", help="JSON of Study.sweep (sensitivity sweep)")
     s.add_argument("--sweep-md", default=None)
     s.add_argument("--sweep-png", default=None)
+    s.add_argument("--order", type=_json, default=None,
+                   help="JSON list of entry names: the tables' row order (default: by name)")
     s.set_defaults(func=cmd_report)
     return p
 

@@ -111,6 +111,16 @@ class Study:
             names[part] = name
         return {"entry": base, "parts": names}
 
+    def entry_order(self) -> list[str]:
+        """Entry names in the order the report lists them: config order, with the sweep's
+        entries right after the entry they restrict."""
+        swept = list(self.sweep["parts"].values()) if self.sweep else []
+        order = []
+        for name in self.entries:
+            if name not in swept:
+                order += [name] + (swept if self.sweep and name == self.sweep["entry"] else [])
+        return order
+
     def devices_of(self, name: str) -> list[str]:
         entry = self.entries[name]
         return [d for d in self.devices if d in entry.get("devices", self.devices)]

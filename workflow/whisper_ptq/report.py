@@ -127,7 +127,7 @@ def table_cells(rows: list[dict]):
                                              bool(r["dwer_significant"]))
             cell["compute"] += r["compute_seconds"]
             cell["audio"] += r["audio_seconds"]
-    for entries in groups.values():  # baseline first, then config order (rows are sorted)
+    for entries in groups.values():  # baseline first, then the rows' order (build's `order`)
         if BASELINE in entries:
             entries_items = [(BASELINE, entries.pop(BASELINE))] + list(entries.items())
             entries.clear()
@@ -343,28 +343,56 @@ def pareto_front(points, maximize_x: bool) -> list[int]:
     return sorted(idx, key=lambda i: points[i][0])
 
 
+# WER above this multiple of the model's fp32 WER (collapsed schemes, e.g. 2-bit) is drawn
+# at the plot's top edge with its value, so that it does not squash the other points
+PARETO_CAP = 4.0
+
+
+def pareto_cap(wers, baseline):
+    """Upper WER shown on a Pareto plot: every point, unless some exceed PARETO_CAP× fp32."""
+    top = max(wers)
+    if baseline is None or top <= PARETO_CAP * baseline:
+        return None
+    return PARETO_CAP * baseline
+
+
 def pareto_figure(rows: list[dict], device: str, png) -> None:
+    """Size reduction vs WER and RTF vs WER; the non-dominated entries (and fp32) are labelled,
+    the rest are dots (every value is in runs.csv)."""
     plt = _plt()
     pooled = {k: v for k, v in pooled_points(rows).items() if k[1] == device}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     models = sorted({m for m, _, _ in pooled})
     cmap = plt.get_cmap("tab10")
     specs = [(axes[0], "size", True, "size reduction vs fp32 (%)  →  smaller checkpoint"),
              (axes[1], "rtf", False, "RTF (compute s / audio s)  ←  faster")]
+    caps = [pareto_cap([v["wer"] for (m, _, _), v in pooled.items() if m == model],
+                       pooled.get((model, device, BASELINE), {}).get("wer"))
+            for model in models]
+    ymax = max((c for c in caps if c is not None), default=None)
     for ax, key, maximize, xlabel in specs:
         for mi, model in enumerate(models):
-            items = sorted((e, v) for (m, _, e), v in pooled.items() if m == model)
+            items = [(e, v) for (m, _, e), v in pooled.items() if m == model]
             pts = [(v[key], v["wer"]) for _, v in items]
             color = cmap(mi % 10)
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, zorder=3,
-                       label=model if len(models) > 1 else None)
-            for (entry, _), (x, y) in zip(items, pts):
-                ax.annotate(entry, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
             front = pareto_front(pts, maximize)
+            shown = [(x, y if ymax is None else min(y, ymax)) for x, y in pts]
+            ax.scatter([p[0] for p in shown], [p[1] for p in shown], color=color, zorder=3, s=18,
+                       label=model if len(models) > 1 else None)
+            for i, ((entry, _), (x, y)) in enumerate(zip(items, pts)):
+                off_scale = ymax is not None and y > ymax
+                if off_scale:
+                    ax.annotate(f"{entry} ↑ {y:.0f}", (x, ymax), textcoords="offset points",
+                                xytext=(4, -10), fontsize=7, color="dimgray")
+                elif i in front or entry == BASELINE:
+                    ax.annotate(entry, (x, y), textcoords="offset points", xytext=(4, 4),
+                                fontsize=7)
             if front:
-                fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+                fx, fy = [shown[i][0] for i in front], [shown[i][1] for i in front]
                 ax.plot(fx, fy, color=color, lw=1, ls="--", zorder=2)
                 ax.plot(fx, fy, "o", mfc="none", mec=color, ms=11, zorder=2)
+        if ymax is not None:
+            ax.set_ylim(0, ymax * 1.04)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("WER (%), pooled over LibriSpeech splits (lower is better)", fontsize=8)
         ax.grid(alpha=0.3)
@@ -372,7 +400,10 @@ def pareto_figure(rows: list[dict], device: str, png) -> None:
             ax.legend(fontsize=7)
     if not pooled:
         axes[0].text(0.5, 0.5, f"no runs on {device}", ha="center", va="center")
-    fig.suptitle(f"Pareto fronts on {device} (circled, dashed: not dominated)")
+    title = f"Pareto fronts on {device} (circled, dashed, labelled: not dominated)"
+    if ymax is not None:
+        title += f"\nWER over {PARETO_CAP:g}× fp32 drawn at the top edge, value given"
+    fig.suptitle(title)
     fig.tight_layout()
     _save(fig, png)
     plt.close(fig)
@@ -524,13 +555,17 @@ def load_scores(score_paths):
 
 def build(score_paths, unsupported: list[dict], out_csv, out_md, out_tex, out_png, out_pdf, *,
           pareto: dict | None = None, noise_png=None, n_resamples: int = DEFAULT_RESAMPLES,
-          seed: int = DEFAULT_SEED, sweep: dict | None = None, sweep_md=None, sweep_png=None):
+          seed: int = DEFAULT_SEED, sweep: dict | None = None, sweep_md=None, sweep_png=None,
+          order: list[str] | None = None):
     """Write every report output; ``pareto`` maps device → png path; ``sweep`` is
-    ``Study.sweep`` ({"entry": name, "parts": {part: entry name}})."""
+    ``Study.sweep`` ({"entry": name, "parts": {part: entry name}}); ``order`` lists the entry
+    names in the order the tables give them (``Study.entry_order()``)."""
     boot = {"n_resamples": n_resamples, "seed": seed}
     scores, rows = load_scores(score_paths)
     rows += unsupported_rows(unsupported)
-    rows.sort(key=lambda r: (r["model"], r["device"], r["entry"], r["split"] or ""))
+    rank = {name: i for i, name in enumerate(order or ())}  # unlisted entries: last, by name
+    rows.sort(key=lambda r: (r["model"], r["device"], rank.get(r["entry"], len(rank)),
+                             r["entry"], r["split"] or ""))
     notes = add_statistics(rows, scores, **boot)
     write_csv(rows, out_csv)
     for path, text in ((out_md, markdown_table(rows, notes)), (out_tex, latex_table(rows))):
