@@ -40,7 +40,8 @@ FLOAT_OUTPUTS = "float_outputs.json"
 WEIGHT_TYPES = {"int8": ("qint8", "int8"), "int4": ("qint4", "int4"), "int2": ("qint2", "int2"),
                 "float8": ("qfloat8", "float8_e4m3fn")}
 ACT_TYPES = {"none": (None, "float32"), "int8": ("qint8", "int8"), "float8": ("qfloat8", "float8_e4m3fn")}
-OBSERVERS = ("minmax", "moving-average")  # the default first; how calibration turns activations into scales
+# how calibration turns activations into scales; the first is the default
+OBSERVERS = ("minmax", "moving-average")
 GROUP_SIZE = 128  # quanto's int4/int2 group size for Whisper's linear layers
 # greedy tokens decoded per calibration utterance (LibriSpeech utterances need < 100)
 CALIBRATION_MAX_TOKENS = 96
