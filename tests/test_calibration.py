@@ -41,9 +41,10 @@ def test_config_key_defaults_and_which_split_excludes(random_model_dir):
         "fp32": {"library": "fp", "scheme": "fp32"},
         "s": {"library": "quanto", "scheme": "int8-a8-static"}}}
     study = Study(validate_schema(dict(base)))
-    assert study.calibration == {"split": "test-clean", "n": 32}
-    assert study.calibration_excluded("test-clean") == 32
-    assert study.calibration_excluded("test-other") == 0
+    # the default calibrates on dev-clean, which is not scored: no test utterance is lost
+    assert study.calibration == {"split": "dev-clean", "n": 32}
+    assert study.calibration_excluded("test-clean") == study.calibration_excluded("test-other") == 0
+    assert study.calibration_excluded("dev-clean") == 32
     assert study.needs_calibration("s") and not study.needs_calibration("fp32")
     study = Study(validate_schema({**base, "calibration": {"split": "test-other", "n": 5}}))
     assert (study.calibration_excluded("test-clean"), study.calibration_excluded("test-other")) == (0, 5)
@@ -77,7 +78,7 @@ def test_cli_calibrates_on_and_excludes_the_same_utterances(random_model_dir, tm
                      str(random_model_dir), "--out", str(tmp_path / "ck"), "--out-meta",
                      str(tmp_path / "ck.json"), "--calib-features", str(feats),
                      "--calib-manifest", str(manifest), "--calib-n", "3",
-                     "--calib-split", "test-clean"]) == 0
+                     "--calib-split", "test-clean", "--threads", "1"]) == 0
     meta = read_json(tmp_path / "ck.json")
     calib = meta["calibration"]["ids"]
     assert len(calib) == 3 and meta["calibration_batches"] == 1
@@ -89,11 +90,12 @@ def test_cli_calibrates_on_and_excludes_the_same_utterances(random_model_dir, tm
                      "--device", "cpu", "--split", "test-clean", "--out-hyp",
                      str(tmp_path / "h.jsonl"), "--out-timing", str(tmp_path / "t.json"),
                      "--decoding", json.dumps({"batch_size": 4, "max_new_tokens": 2}),
-                     "--calib-n", "3"]) == 0
+                     "--calib-n", "3", "--threads", "1"]) == 0
     scored = [r["id"] for r in read_jsonl(tmp_path / "h.jsonl")]
     assert len(scored) == 5 and not set(scored) & set(calib)
 
 
+@pytest.mark.slow  # runs Snakemake (a dry run)
 def test_rules_pass_calibration_only_where_needed(random_model_dir, tmp_path):
     """Dry run (config.yaml + the offline overlay, which calibrates on 16 test-clean
     utterances): the static entry's quantize job reads the calibration split's cache; every

@@ -98,9 +98,15 @@ def test_a_part_matching_nothing_is_an_error():
     assert linear_names(Tiny(), ["proj_out"]) == ["proj_out"]
 
 
-def test_part_names_are_all_valid():
+def test_every_listed_part_name_is_documented_and_selects_layers(model):
+    # the names the module docstring's table documents (a stack prefix: that stack only)
+    assert sorted(part_names()) == sorted([
+        "all", "encoder", "decoder", "proj_out", "self_attn", "cross_attn", "attn", "ffn",
+        "encoder.self_attn", "encoder.attn", "encoder.ffn",
+        "decoder.self_attn", "decoder.cross_attn", "decoder.attn", "decoder.ffn"])
     for p in part_names():
         assert validate_parts([p]) == [p]
+        assert linear_names(model, [p])  # none is dead on a real Whisper module tree
 
 
 def test_torch_entry_with_parts_quantizes_exactly_those_modules(model):
@@ -142,7 +148,7 @@ def test_entry_parts_are_validated_with_the_entry_name():
 
 @pytest.fixture
 def fake_model_dir(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
     return tmp_path
 
 

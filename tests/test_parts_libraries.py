@@ -156,7 +156,7 @@ def test_recipe_devices_follow_their_items():
 def test_recipe_entries_pass_the_schema_and_the_study(tmp_path):
     from whisper_ptq.config import Study, validate_schema
 
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
     entries = {"fp32": {"library": "fp", "scheme": "fp32"},
                "mix": {"library": "hqq", **RECIPES["hqq"]},
                "ffn": {"library": "quanto", "scheme": "int4", "parts": ["ffn"]}}

@@ -22,10 +22,11 @@ except PipelineError as e:
 # Every rule runs `python -m whisper_ptq.cli <step>`. The package is found through
 # PYTHONPATH; `python` is the env's own with --use-conda, and otherwise the interpreter
 # running Snakemake (the project's venv), put first on PATH for the jobs.
+# Both quoted: a checkout path may hold spaces.
 _PATH = ""
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
-    _PATH = f"export PATH={os.path.dirname(sys.executable)}:$PATH; "
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={PKG}; {_PATH}")
+    _PATH = f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(PKG)}; {_PATH}")
 
 
 wildcard_constraints:

@@ -1,10 +1,16 @@
+from whisper_ptq.data import known_md5
+from whisper_ptq.modeling import source_fingerprint
+
+
 rule download:
     output:
         archive="data/archives/{split}.tar.gz",
         split_dir=directory("data/LibriSpeech/{split}"),
     params:
         base_url=config["librispeech_url"],
-        md5=lambda wc: config["md5"].get(wc.split, ""),
+        # the checksum it will check (config md5, or a file:// mirror's md5sum.txt line):
+        # an archive replaced with its md5 updated re-runs the download
+        md5=lambda wc: known_md5(config["librispeech_url"], wc.split, config["md5"].get(wc.split)),
     log:
         "logs/download/{split}.log",
     conda:
@@ -20,6 +26,9 @@ rule model:
         directory("data/models/{model}"),
     params:
         source=lambda wc: STUDY.models[wc.model],
+        # a digest of the source's config and weights (whisper_ptq.modeling.source_fingerprint):
+        # a directory re-converted in place re-runs the copy
+        fingerprint=lambda wc: source_fingerprint(STUDY.models[wc.model]),
     log:
         "logs/model/{model}.log",
     conda:

@@ -2,7 +2,7 @@
 report: "../report/workflow.rst"
 
 
-BOOTSTRAP = config.get("bootstrap") or {}
+BOOTSTRAP = config["bootstrap"]  # schema defaults filled in (common.smk validates)
 # One Pareto plot per device that has runs.
 PARETO = {d: f"results/report/pareto_{d}.png" for d in report_devices()}
 # Sensitivity sweep (config `sweep:`): ΔWER by part, table and heatmap.
@@ -38,8 +38,8 @@ rule report:
     params:
         unsupported=json.dumps(STUDY.unsupported(), sort_keys=True),
         pareto=" ".join(f"{d}={p}" for d, p in PARETO.items()),
-        resamples=BOOTSTRAP.get("resamples", 2000),
-        seed=BOOTSTRAP.get("seed", 0),
+        resamples=BOOTSTRAP["resamples"],
+        seed=BOOTSTRAP["seed"],
         sweep=sweep_args,
         order=json.dumps(STUDY.entry_order()),
     log:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 import time
 from pathlib import Path
 
@@ -70,4 +72,22 @@ def load_checkpoint(ckpt_dir, model_dir, device: str):
     reason = q.unsupported(entry, device)
     if reason:
         raise PipelineError(f"entry {meta['entry']!r} cannot run on {device}: {reason}")
-    return q.load(ckpt_dir, model_dir, entry, device), meta
+    try:
+        return q.load(ckpt_dir, model_dir, entry, device), meta
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met a code object
+        raise PipelineError(f"refusing to unpickle {_pickled_file(ckpt_dir)}: it contains code "
+                            f"({_unpickle_reason(e)}); this pipeline never writes that, so the "
+                            f"checkpoint was altered: re-create it (--forcerun quantize)") from None
+
+
+def _pickled_file(ckpt_dir: Path) -> Path:
+    """The checkpoint's pickle (torch.save) file, or the directory if not exactly one."""
+    files = [p for p in sorted(ckpt_dir.iterdir()) if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
+    return files[0] if len(files) == 1 else ckpt_dir
+
+
+def _unpickle_reason(e: Exception) -> str:
+    """The unpickler's own reason ("Unsupported global: GLOBAL print"), without torch's advice
+    to load it with weights_only=False."""
+    m = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed| Please|\n|$)", str(e))
+    return m.group(1).rstrip(".") if m else type(e).__name__

@@ -51,8 +51,8 @@ def cmd_quantize(a):
     if a.calib_features or a.calib_manifest:
         from .features import calibration_batches
 
-        if not (a.calib_features and a.calib_manifest):
-            raise PipelineError("quantize: give both --calib-features and --calib-manifest")
+        if not (a.calib_features and a.calib_manifest and a.calib_n):
+            raise PipelineError("quantize: give --calib-features, --calib-manifest and --calib-n")
         ids, calibration = calibration_batches(a.calib_features, a.calib_manifest, a.calib_n,
                                                split=a.calib_split)
         calib = {"split": a.calib_split, "n": a.calib_n, "ids": ids}
@@ -138,13 +138,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--entry", required=True)
     s.add_argument("--config", type=_json, required=True)
     s.add_argument("--model-dir", required=True)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--out-meta", required=True)
     s.add_argument("--calib-features", default=None,
                    help="feature cache of the calibration split (static-activation entries)")
     s.add_argument("--calib-manifest", default=None)
-    s.add_argument("--calib-n", type=int, default=32)
+    s.add_argument("--calib-n", type=int, default=None)
     s.add_argument("--calib-split", default="")
     s.set_defaults(func=cmd_quantize)
 
@@ -155,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--decoding", type=_json, required=True)
     s.add_argument("--timing", type=_json, default={})
     s.add_argument("--limit", type=lambda v: None if v in ("", "None", "null") else int(v), default=None)
-    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--threads", type=int, required=True)
     s.add_argument("--calib-n", type=int, default=0,
                    help="this split calibrates: exclude its first N calibration utterances")
     s.set_defaults(func=cmd_transcribe)
@@ -172,8 +172,8 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument(arg, required=True)
     s.add_argument("--pareto", nargs="*", default=[], help="DEVICE=PNG, one per device")
     s.add_argument("--noise-png", default=None, help="WER vs SNR figure")
-    s.add_argument("--bootstrap-resamples", type=int, default=2000)
-    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--bootstrap-resamples", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True, help="bootstrap seed")
     s.add_argument("--sweep", default="", help="JSON of Study.sweep (sensitivity sweep)")
     s.add_argument("--sweep-md", default=None)
     s.add_argument("--sweep-png", default=None)

@@ -1,7 +1,8 @@
 """The study as configured: models, splits, devices and entries, checked before any job.
 
 ``snakemake.utils.validate`` checks types against ``workflow/schemas/config.schema.yaml``
-(and fills defaults); ``Study`` then checks what a schema cannot: libraries, schemes,
+and fills its defaults (the only place they are written: ``Study`` reads a validated config
+and never supplies its own); ``Study`` then checks what a schema cannot: libraries, schemes,
 library × device support, model directories, the ``only`` filter.
 """
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 from . import PipelineError, quantizers
 from .modeling import check_source, model_tag
+from .schema import SCHEMA
 
-SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 # what a sweep without `parts:` restricts its entry to, one part at a time
 SWEEP_PARTS = ["encoder", "decoder", "encoder.self_attn", "encoder.ffn", "decoder.self_attn",
                "decoder.cross_attn", "decoder.ffn", "proj_out"]
@@ -48,7 +49,9 @@ class Job:
 
 class Study:
     def __init__(self, config: dict):
-        self.config = config
+        # validated here too (it fills the schema's defaults in place), so a Study made from
+        # a hand-written dict has the same defaults as the Snakefile's
+        self.config = config = validate_schema(config)
         sources = as_list(config["model"])
         self.models: dict[str, str] = {}
         for src in sources:
@@ -62,13 +65,20 @@ class Study:
         self.limit = config.get("limit")
         self.decoding = dict(config.get("decoding") or {})
         self.timing = dict(config.get("timing") or {})
-        self.threads = int(config.get("threads", 8))
-        self.calibration = {"split": "test-clean", "n": 32, **(config.get("calibration") or {})}
+        self.threads = config["threads"]
+        self.calibration = dict(config["calibration"])
         self.entries: dict[str, dict] = {}
         for name, raw in config["entries"].items():
-            self.entries[name] = quantizers.get(raw["library"]).validate(name, raw)
+            try:
+                library = quantizers.get(raw["library"])
+            except PipelineError as e:
+                raise PipelineError(f"config entry {name!r}: {e}") from None
+            self.entries[name] = library.validate(name, raw)
         self.sweep = self._sweep(config.get("sweep"))
-        only = as_list(config.get("only"))
+        only = as_list(config["only"])
+        if config["only"] is not None and not only:
+            raise PipelineError("config 'only' is empty: name at least one entry, or leave it "
+                                "out (null) to run every entry")
         unknown = [n for n in only if n not in self.entries]
         if unknown:
             raise PipelineError(
@@ -156,4 +166,4 @@ def load_study(path, overrides: dict | None = None) -> Study:
 
     config = yaml.safe_load(Path(path).read_text()) or {}
     config.update(overrides or {})
-    return Study(validate_schema(config))
+    return Study(config)

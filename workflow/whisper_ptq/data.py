@@ -65,6 +65,21 @@ def expected_md5(base_url: str, split: str, override: str | None = None) -> str:
     return sums[name]
 
 
+def known_md5(base_url: str, split: str, override: str | None = None) -> str:
+    """The md5 the download step will check, where it is known without the network: the
+    config's ``md5.<split>``, or the line of a local (file://) mirror's md5sum.txt; "" for a
+    remote mirror (the step reads its md5sum.txt itself). The ``download`` rule's param, so a
+    changed archive with its updated checksum re-runs the download."""
+    if override:
+        return override.lower()
+    if not base_url.startswith("file:"):
+        return ""
+    try:
+        return expected_md5(base_url, split)
+    except PipelineError:
+        return ""  # unreadable here: the step itself reports it
+
+
 def download(url: str, dest: str | os.PathLike, md5: str) -> Path:
     """Download ``url`` (https, http or file://) to ``dest`` and verify its md5.
 
@@ -98,17 +113,24 @@ def extract_split(archive: str | os.PathLike, split: str, dest: str | os.PathLik
                 for member in tar:
                     if not member.name.startswith(prefix) or not (member.isfile() or member.isdir()):
                         continue
-                    rel = member.name[len(prefix):]
+                    name, rel = member.name, member.name[len(prefix):]
                     if not rel:
                         continue
                     member.name = rel
                     tar.extract(member, tmp, filter="data")
                     n += member.isfile()
+        except (tarfile.OutsideDestinationError, tarfile.AbsolutePathError) as e:
+            raise PipelineError(f"archive {archive}: member {name!r} points outside {prefix} "
+                                f"(path traversal); refusing to extract it, nothing was kept") from e
+        except tarfile.FilterError as e:  # e's text names the temporary directory: leave it out
+            raise PipelineError(f"archive {archive}: member {name!r} is unsafe "
+                                f"({type(e).__name__}); refusing to extract it, nothing was kept") from e
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
             raise PipelineError(f"archive {archive} is truncated or corrupt: {e}") from e
         if n == 0:
             raise PipelineError(f"archive {archive} contains no files under {prefix}")
-        list_utterances(tmp, split)  # fail now, not later, on a broken layout
+        # fail now, not later, on a broken layout; name the archive's paths, not `tmp`
+        list_utterances(tmp, split, shown_as=f"{archive}: {prefix.rstrip('/')}")
     return dest
 
 
@@ -120,13 +142,20 @@ class Utterance:
     reference: str
 
 
-def list_utterances(split_dir: str | os.PathLike, split: str = "") -> list[Utterance]:
+def list_utterances(split_dir: str | os.PathLike, split: str = "",
+                    shown_as: str | None = None) -> list[Utterance]:
     """All utterances of an extracted split, sorted by id, with their reference text.
 
-    Raises PipelineError if a FLAC has no reference line or a reference has no FLAC.
+    Raises PipelineError if a FLAC has no reference line or a reference has no FLAC; its
+    paths start with ``shown_as`` instead of ``split_dir`` when given.
     """
     split_dir = Path(split_dir)
     name = split or split_dir.name
+    root = shown_as or str(split_dir)
+
+    def show(p: Path) -> str:
+        return f"{root}/{p.relative_to(split_dir)}"
+
     refs: dict[str, str] = {}
     for trans in sorted(split_dir.rglob("*.trans.txt")):
         for n, line in enumerate(trans.read_text().splitlines(), 1):
@@ -134,14 +163,14 @@ def list_utterances(split_dir: str | os.PathLike, split: str = "") -> list[Utter
                 continue
             uid, _, text = line.strip().partition(" ")
             if not text.strip():
-                raise PipelineError(f"{trans} line {n}: utterance {uid} has an empty reference")
+                raise PipelineError(f"{show(trans)} line {n}: utterance {uid} has an empty reference")
             refs[uid] = text.strip()
     flacs = {p.stem: p for p in split_dir.rglob("*.flac")}
     missing_ref = sorted(set(flacs) - set(refs))
     if missing_ref:
         raise PipelineError(
             f"split {name}: {len(missing_ref)} utterance(s) without a reference line in any "
-            f"*.trans.txt, e.g. {flacs[missing_ref[0]]}"
+            f"*.trans.txt, e.g. {show(flacs[missing_ref[0]])}"
         )
     missing_audio = sorted(set(refs) - set(flacs))
     if missing_audio:
@@ -150,7 +179,7 @@ def list_utterances(split_dir: str | os.PathLike, split: str = "") -> list[Utter
             f"e.g. {missing_audio[0]}"
         )
     if not flacs:
-        raise PipelineError(f"split {name}: no FLAC files under {split_dir}")
+        raise PipelineError(f"split {name}: no FLAC files under {root}")
     return [Utterance(uid, uid.split("-")[0], flacs[uid], refs[uid]) for uid in sorted(flacs)]
 
 

@@ -49,6 +49,62 @@ def check_source(source: str) -> None:
         )
     if not (path / "config.json").is_file():
         raise PipelineError(f"model directory {source} has no config.json: not a Hugging Face checkpoint")
+    check_whisper_config(path / "config.json", f"model directory {source}")
+
+
+def check_whisper_config(config_json: Path, where: str) -> None:
+    """Raise PipelineError unless ``config_json`` is a Whisper model's config."""
+    import json
+
+    try:
+        model_type = json.loads(config_json.read_text()).get("model_type")
+    except OSError as e:
+        raise PipelineError(f"{where}: cannot read config.json ({e})") from e
+    except (ValueError, AttributeError) as e:
+        raise PipelineError(f"{where}: config.json is not a JSON object ({e})") from e
+    if model_type != "whisper":
+        raise PipelineError(f"{where} is not a Whisper checkpoint: its config.json has "
+                            f"model_type {model_type!r}, expected 'whisper'")
+
+
+# the weights' blocks that source_fingerprint reads: about 1 MiB however large the file
+WEIGHT_SAMPLES, SAMPLE_BYTES = 16, 1 << 16
+
+
+def source_fingerprint(source: str) -> str:
+    """A short digest of what the ``model`` rule copies (its Snakemake param: a change re-runs it).
+
+    Hub id: the id (its revision is only known online). Local directory: sha256 over the
+    name and full content of each of MODEL_FILES present, except the weights
+    (model.safetensors), of which it covers the size, the safetensors header (tensor names,
+    dtypes, shapes, offsets) and 16 blocks of 64 KiB at fixed offsets, so it stays fast for
+    a multi-GB file. A re-converted or re-trained checkpoint changes those; an edit confined
+    to other bytes of the weights is not seen (re-run with ``--forcerun model``).
+    """
+    import hashlib
+
+    if not is_local_source(source):
+        return f"hub:{source}"
+    path = Path(os.path.expanduser(source))
+    h = hashlib.sha256()
+    for name in MODEL_FILES:
+        f = path / name
+        if not f.is_file():
+            continue
+        h.update(f"{name}\0".encode())
+        if name != "model.safetensors":
+            h.update(f.read_bytes())
+            continue
+        size = f.stat().st_size
+        h.update(f"{size}\0".encode())
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            h.update(head + fh.read(n if 0 < n <= size - 8 else 0))
+            for i in range(WEIGHT_SAMPLES):
+                fh.seek(i * max(0, size - SAMPLE_BYTES) // (WEIGHT_SAMPLES - 1))
+                h.update(fh.read(SAMPLE_BYTES))
+    return f"sha256:{h.hexdigest()}"
 
 
 def model_tag(source: str) -> str:
@@ -85,6 +141,7 @@ def resolve_model(source: str, dest: str | os.PathLike) -> Path:
                 snapshot_download(source, local_dir=tmp, allow_patterns=list(MODEL_FILES))
             except Exception as e:
                 raise PipelineError(f"cannot download model {source} from the Hugging Face hub: {e}") from e
+            check_whisper_config(tmp / "config.json", f"model {source} (Hugging Face hub)")
     return dest
 
 

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import PipelineError
+from .schema import schema_default
 
-DEFAULT_RESAMPLES = 2000
-DEFAULT_SEED = 0
+# config `bootstrap:`; its defaults are written in the schema only
+DEFAULT_RESAMPLES = schema_default("bootstrap", "resamples")
+DEFAULT_SEED = schema_default("bootstrap", "seed")
 UNITS = ("words", "chars")
 
 

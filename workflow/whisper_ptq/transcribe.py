@@ -27,16 +27,18 @@ import time
 from . import PipelineError
 from .features import FeatureCache, load_manifest, select
 from .io import write_json, write_jsonl
+from .schema import with_defaults
 
 NB_MAX_FRAMES = 3000  # 30 s of Whisper log-mel frames
 REGIMES = ("throughput", "latency")
 
 
 def generation_kwargs(model, decoding: dict) -> dict:
-    kwargs = {"num_beams": 1, "do_sample": False, "max_new_tokens": decoding.get("max_new_tokens", 440)}
+    decoding = with_defaults("decoding", decoding)  # keys left out: the schema's defaults
+    kwargs = {"num_beams": 1, "do_sample": False, "max_new_tokens": decoding["max_new_tokens"]}
     if getattr(model.generation_config, "is_multilingual", False):
-        kwargs["language"] = decoding.get("language", "en")
-        kwargs["task"] = decoding.get("task", "transcribe")
+        kwargs["language"] = decoding["language"]
+        kwargs["task"] = decoding["task"]
     return kwargs
 
 
@@ -131,7 +133,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         raise PipelineError(f"unknown timing regime {regime!r}; expected one of {REGIMES}")
     rows = select(load_manifest(manifest_path), limit, exclude, split)
     cache = FeatureCache(features_path)
-    batch_size = 1 if regime == "latency" else int(decoding.get("batch_size", 16))
+    batch_size = 1 if regime == "latency" else int(with_defaults("decoding", decoding)["batch_size"])
     batches = make_batches(rows, batch_size)
     transcriber = Transcriber(model, tokenizer, device, decoding)
 
@@ -178,7 +180,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
 
 
 def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, device, decoding,
-                          out_hyp, out_timing, *, limit=None, exclude=(), split="", threads=1,
+                          out_hyp, out_timing, *, threads, limit=None, exclude=(), split="",
                           regime="throughput", warmup_batches=1):
     from transformers import WhisperTokenizer
 
