@@ -60,7 +60,8 @@ def clean_split_dir(mini_dir, tmp_path_factory) -> Path:
 
 
 def make_random_model_dir(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A tiny randomly initialised Whisper (mechanics only) with a real tokenizer."""
+    """A tiny randomly initialised Whisper (mechanics only) with ``tokenizer_dir``'s tokenizer
+    (a real checkpoint's, or make_tokenizer_dir's)."""
     import torch
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
@@ -87,6 +88,38 @@ def make_random_model_dir(path: Path, tokenizer_dir: Path, seed: int = 0) -> Pat
     return path
 
 
+# Whisper's special tokens, in its order (ids right after the 256 byte tokens here)
+SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
+            "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
+
+
+def make_tokenizer_dir(path: Path) -> Path:
+    """A fabricated English-only Whisper tokenizer set, made offline: byte-level BPE over the
+    256 byte tokens (no merges) plus Whisper's special tokens, the 80-bin feature extractor,
+    and the config.json / generation_config.json ids that go with them. Enough for
+    make_random_model_dir, so unit tests need no real checkpoint (../shared)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperProcessor, WhisperTokenizer)
+
+    tok = WhisperTokenizer(vocab={c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))},
+                           merges=[])
+    tok.add_special_tokens({"additional_special_tokens": SPECIALS[1:]})
+    ids = dict(zip(SPECIALS, tok.convert_tokens_to_ids(SPECIALS)))
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80),
+                     tokenizer=tok).save_pretrained(path)
+    eos, start = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    WhisperConfig(vocab_size=len(tok), pad_token_id=eos, bos_token_id=eos, eos_token_id=eos,
+                  decoder_start_token_id=start).save_pretrained(path)
+    GenerationConfig(bos_token_id=start, decoder_start_token_id=start, eos_token_id=eos,
+                     pad_token_id=eos, no_timestamps_token_id=ids["<|notimestamps|>"],
+                     is_multilingual=False, max_length=448, suppress_tokens=[],
+                     begin_suppress_tokens=[eos]).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
-def random_model_dir(tiny_en_dir, tmp_path_factory) -> Path:
-    return make_random_model_dir(tmp_path_factory.mktemp("random-whisper"), tiny_en_dir)
+def random_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Whisper with a fabricated tokenizer: no ../shared needed."""
+    tokenizer = make_tokenizer_dir(tmp_path_factory.mktemp("fabricated-tokenizer"))
+    return make_random_model_dir(tmp_path_factory.mktemp("random-whisper"), tokenizer)

@@ -1,5 +1,7 @@
 """bitsandbytes module: NF4 / FP4 (± double quant) and LLM.int8 on CPU (tiny random model)."""
 
+import json
+
 import pytest
 import torch
 from quant_roundtrip import assert_same_outputs, fp32_logits, outputs, roundtrip
@@ -43,7 +45,8 @@ def test_meta_sizes_and_facts(random_model_dir, tmp_path):
              for n, raw in {"nf4": {"scheme": "nf4"}, "nf4-dq": {"scheme": "nf4", "double_quant": True},
                             "int8": {"scheme": "int8", "threshold": 6}}.items()}
     fp32 = metas["nf4"]["fp32_linear_bytes"]
-    head = 51864 * 64 * 4  # the tied fp32 proj_out, counted in the linear bytes
+    cfg = json.loads((random_model_dir / "config.json").read_text())
+    head = cfg["vocab_size"] * cfg["d_model"] * 4  # the tied fp32 proj_out, in the linear bytes
     body = {n: (m["linear_bytes"] - head) / (fp32 - head) for n, m in metas.items()}
     assert 0.125 < body["nf4"] < 0.2  # 4-bit + a float32 absmax per 64 weights
     assert 0.25 < body["int8"] < 0.3
