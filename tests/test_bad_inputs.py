@@ -3,13 +3,12 @@ thing at fault, or a correct result. Fabricated inputs only: no ../shared needed
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 
 import numpy as np
 import pytest
+from archives import tar_gz
 
 from whisper_ptq import PipelineError
 from whisper_ptq.config import Study
@@ -19,7 +18,7 @@ from whisper_ptq.modeling import resolve_model
 FP32 = {"fp32": {"library": "fp", "scheme": "fp32"}}
 
 
-def model_dir(path, model_type="whisper", weights=b"\0" * 64):
+def model_dir(path, model_type="whisper"):
     """A directory shaped like a Hugging Face checkpoint (config.json + model.safetensors)."""
     from safetensors.numpy import save_file
 
@@ -66,15 +65,6 @@ def test_an_unknown_library_names_its_entry(tmp_path):
     entries = {**FP32, "q8": {"library": "quantoo", "scheme": "int8"}}
     with pytest.raises(PipelineError, match="config entry 'q8': unknown library 'quantoo'; known: "):
         study(model_dir(tmp_path / "m"), entries=entries)
-
-
-def tar_gz(path, members: dict[str, bytes]):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 PREFIX = "LibriSpeech/test-clean/"

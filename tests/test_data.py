@@ -1,10 +1,9 @@
 """Archive download (file:// URLs), md5 checks, atomic extraction, reference parsing."""
 
-import io
 import shutil
-import tarfile
 
 import pytest
+from archives import tar_gz
 
 from whisper_ptq import PipelineError
 from whisper_ptq.data import (archive_url, download, expected_md5, extract_split,
@@ -64,13 +63,7 @@ def test_truncated_archive_leaves_no_split_dir(mini_dir, tmp_path):
 
 
 def _tar_with(tmp_path, files: dict[str, bytes]):
-    path = tmp_path / "test-clean.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for name, payload in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
+    return tar_gz(tmp_path / "test-clean.tar.gz", files)
 
 
 def test_utterance_without_reference_line_is_named(clean_split_dir, tmp_path):

@@ -8,13 +8,12 @@ job. About 40 s on 2 cores (five Snakemake invocations).
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
 
+from archives import tar_gz
 from pipeline_run import copy_workflow, planned_jobs, snakemake, write_config
 from whisper_ptq.data import md5_of
 
@@ -26,13 +25,8 @@ TARGETS = ["data/LibriSpeech/test-clean", "data/models/m"]
 
 def publish(mirror, flac: bytes):
     """Write the mirror's test-clean archive and its md5sum.txt line."""
-    archive = mirror / "test-clean.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in {PREFIX + "1-2.trans.txt": b"1-2-0000 HELLO\n",
-                           PREFIX + "1-2-0000.flac": flac}.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    archive = tar_gz(mirror / "test-clean.tar.gz", {PREFIX + "1-2.trans.txt": b"1-2-0000 HELLO\n",
+                                                    PREFIX + "1-2-0000.flac": flac})
     (mirror / "md5sum.txt").write_text(f"{md5_of(archive)}  test-clean.tar.gz\n")
 
 
