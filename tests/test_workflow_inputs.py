@@ -1,9 +1,9 @@
-"""The data rules on real Snakemake runs (issue 13): a checkout path with a space works, and
-`download` / `model` re-run when their source's content changes (README "Re-runs").
+"""Real Snakemake runs (issue 13): a checkout path with a space works, `download` / `model`
+re-run when their source's content changes (README "Re-runs"), `--config only=` is an error.
 
 A copy of the workflow in a directory whose name has a space, a fabricated file:// mirror
 (one archive of two tiny members) and a fabricated model directory: no ../shared, no torch
-job. About 40 s on 2 cores (five Snakemake invocations).
+job. About 50 s on 2 cores (ten Snakemake invocations).
 """
 
 from __future__ import annotations
@@ -74,3 +74,12 @@ def test_a_changed_source_reruns_download_and_model(setup):
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "d_model": 16}))
     assert planned_jobs(wf, run, *TARGETS) == [("model", None, None, None)]
+
+
+def test_an_empty_only_on_the_command_line_is_an_error(setup):
+    """`--config only=` reaches Snakemake as None (like `only: null`, every entry)."""
+    wf, run, _, _ = setup
+    proc = snakemake(wf, run, "-n", "--config", "only=", check=False)
+    assert proc.returncode != 0
+    assert "config 'only' is empty: name at least one entry" in proc.stdout + proc.stderr
+    assert planned_jobs(wf, run, "--config", "only=fp32")  # a real subset still plans

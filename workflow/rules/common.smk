@@ -13,6 +13,9 @@ from whisper_ptq import PipelineError, noise, quantizers
 from whisper_ptq.config import Job, Study
 
 
+# `--config only=` arrives as None, like `only: null` (every entry): it is an empty list
+if "only" in workflow.config_settings.config and workflow.config_settings.config["only"] is None:
+    config["only"] = ""  # Study refuses it
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 try:
     STUDY = Study(config)
