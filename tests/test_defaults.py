@@ -1,0 +1,50 @@
+"""Each default is written once, in workflow/schemas/config.schema.yaml (issue 13): code
+called without a config takes the schema's value, the CLI requires what the rules pass."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from whisper_ptq import cli, stats
+from whisper_ptq.config import SCHEMA, validate_schema
+from whisper_ptq.schema import schema_default, with_defaults
+from whisper_ptq.transcribe import generation_kwargs
+
+
+def test_schema_default_reads_the_schema_file():
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]
+    assert schema_default("threads") == props["threads"]["default"]
+    assert schema_default("calibration", "split") == props["calibration"]["properties"]["split"]["default"]
+    # an object key: its properties' defaults, the same a validated config gets
+    filled = validate_schema({"model": "openai/whisper-small",
+                              "entries": {"fp32": {"library": "fp", "scheme": "fp32"}}})
+    for key in ("decoding", "bootstrap", "timing", "calibration", "threads", "limit"):
+        assert schema_default(key) == filled[key], key
+    assert with_defaults("decoding", {"batch_size": 3}) == {**filled["decoding"], "batch_size": 3}
+
+
+def test_code_called_without_a_config_takes_the_schemas_values():
+    assert (stats.DEFAULT_RESAMPLES, stats.DEFAULT_SEED) == tuple(schema_default("bootstrap").values())
+    decoding = schema_default("decoding")
+    multilingual = SimpleNamespace(generation_config=SimpleNamespace(is_multilingual=True))
+    kw = generation_kwargs(multilingual, {})
+    assert (kw["max_new_tokens"], kw["language"], kw["task"]) == (
+        decoding["max_new_tokens"], decoding["language"], decoding["task"])
+    assert generation_kwargs(multilingual, {"max_new_tokens": 5})["max_new_tokens"] == 5
+
+
+@pytest.mark.parametrize("step, missing", [
+    (["report", "--csv", "a", "--md", "b", "--tex", "c", "--png", "d", "--pdf", "e",
+      "--bootstrap-resamples", "2000"], "--seed"),
+    (["report", "--csv", "a", "--md", "b", "--tex", "c", "--png", "d", "--pdf", "e",
+      "--seed", "0"], "--bootstrap-resamples"),
+    (["quantize", "--entry", "x", "--config", "{}", "--model-dir", "m", "--out", "o",
+      "--out-meta", "o.json"], "--threads"),
+])
+def test_the_cli_requires_what_the_rules_pass_instead_of_a_second_default(step, missing, capsys):
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(step)
+    assert missing in capsys.readouterr().err
