@@ -192,6 +192,7 @@ def measure(a) -> None:
                    "--config", json.dumps({"library": "fp", "scheme": "fp32"}),
                    "--model-dir", str(a.model), "--out", str(ckpt), "--out-meta", str(root / "fp32.json")],
                   {**base_env, "PYTHONPATH": str(codes["after"])}, root / "logs" / "quantize.log")
+    hyps = {}
     decoding = json.dumps({"batch_size": 8, "language": "en", "task": "transcribe", "max_new_tokens": 128})
     for r in range(a.repeats):
         for code in codes:
@@ -208,10 +209,10 @@ def measure(a) -> None:
                 # transcription is the same code either way: "code" names the cache's format
                 res = run_child(cmd, {**base_env, "PYTHONPATH": str(codes["after"])},
                                 root / "logs" / f"transcribe-{code}-{size}-{r}.log")
-                res.update(repeat=r, cache=code, size=size, loadavg=load, limit=a.limit,
-                           hyp=[json.loads(line)["hypothesis"] for line in open(out / "hyp.jsonl")])
+                res.update(repeat=r, cache=code, size=size, loadavg=load, limit=a.limit)
+                hyps[code, size] = [json.loads(line)["hypothesis"] for line in open(out / "hyp.jsonl")]
                 results["transcribe"].append(res)
-                print(json.dumps({k: v for k, v in res.items() if k != "hyp"}), flush=True)
+                print(json.dumps(res), flush=True)
 
     summary = {}
     for code in codes:
@@ -224,7 +225,6 @@ def measure(a) -> None:
                 "cache_bytes": f[-1]["cache_bytes"], "bytes_per_utt": f[-1]["bytes_per_utt"],
                 "transcribe_peak_rss_mb_max": max(x["peak_rss_mb"] for x in t),
                 "transcribe_peak_rss_mb_median": statistics.median(x["peak_rss_mb"] for x in t)}
-    hyps = {(x["cache"], x["size"]): x["hyp"] for x in results["transcribe"]}
     results["same_hypotheses_before_after"] = {
         s: hyps[("before", s)] == hyps[("after", s)] for s in dirs}
     results["summary"] = summary
