@@ -247,7 +247,7 @@ def calibration_batches(features_path, manifest_path, n: int, batch_size: int = 
     """The calibration utterances' features as ``[B, n_mels, 3000]`` batches (ids, batches).
 
     Utterances longer than 30 s are cut to their first 30 s (calibration only needs
-    activation statistics); shorter ones are already padded to 30 s in the cache.
+    activation statistics); the cache returns shorter ones padded to 30 s.
     """
     import torch
 
