@@ -1,14 +1,19 @@
 """Audio → Whisper log-mel features, computed once per (model, split) and cached.
 
-The cache is one safetensors file holding one float32 tensor per utterance (key = utterance
-id, shape ``[n_mels, n_frames]``; 3000 frames = 30 s, more for longer utterances, which are
-kept whole rather than truncated) plus a JSONL manifest (id, speaker, duration, reference,
-n_frames). No pickle anywhere; transcription jobs never touch audio.
+The cache is one safetensors file plus a JSONL manifest (id, speaker, duration, reference,
+n_frames). Whisper pads each utterance to 30 s (3000 frames) with zeros, and after its
+max-minus-8 floor those frames all hold one per-utterance constant; the file keeps only the
+frames before that trailing constant run (key = utterance id, float32 ``[n_mels, kept]``)
+and its header metadata records each utterance's full frame count and the constant's bits,
+so :class:`FeatureCache` rebuilds the padded log-mel bit for bit. Utterances over 30 s are
+kept whole, never truncated. No pickle anywhere; transcription jobs never touch audio.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections import defaultdict
 from pathlib import Path
 
@@ -51,34 +56,90 @@ def log_mel(extractor, audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.input_features[0], dtype=np.float32)
 
 
+def trailing_constant_start(feats: np.ndarray) -> int:
+    """First frame of the trailing run of frames whose every value has the bits of the last
+    value (Whisper's zero padding after the floor); ``n_frames`` when the last frame is not
+    constant. Taken from the tensor itself, so cutting there is lossless by construction."""
+    bits = feats.view(np.uint32)
+    constant = (bits == bits[0, -1]).all(axis=0)
+    if not constant[-1]:
+        return feats.shape[-1]
+    varying = np.flatnonzero(~constant)
+    return int(varying[-1]) + 1 if varying.size else 0
+
+
+PADDING_KEY = "padding"  # header metadata: {id: [n_frames, "%08x" bits of the pad constant]}
+
+
+class _StreamingSafetensors:
+    """Writes a safetensors file one tensor at a time, so memory stays one utterance.
+
+    The header space is reserved up front from the known keys with every number at its
+    widest (the format allows a header padded with spaces); data go straight after it.
+    """
+
+    def __init__(self, f, keys, n_mels: int, metadata: dict):
+        self.f, self.n_mels, self.metadata = f, n_mels, metadata
+        widest = {k: (10**12 - 1, 10**19 - 1, 0xFFFFFFFF, 10**12 - 1) for k in keys}
+        self.reserve = -(-len(self._header(widest)) // 8) * 8  # data start 8-byte aligned
+        self.entries: dict[str, tuple[int, int, int, int]] = {}  # kept, end, bits, frames
+        self.offset = 0
+        f.seek(8 + self.reserve)
+
+    def _header(self, entries) -> bytes:
+        header = {k: {"dtype": "F32", "shape": [self.n_mels, kept],
+                      "data_offsets": [end - kept * self.n_mels * 4, end]}
+                  for k, (kept, end, _, _) in entries.items()}
+        padding = {k: [frames, f"{bits:08x}"] for k, (_, _, bits, frames) in entries.items()}
+        header["__metadata__"] = {**self.metadata, PADDING_KEY: json.dumps(padding)}
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def add(self, key: str, feats: np.ndarray) -> None:
+        cut = trailing_constant_start(feats)
+        kept = np.ascontiguousarray(feats[:, :cut], dtype="<f4")
+        self.f.write(kept.tobytes())
+        self.offset += kept.nbytes
+        self.entries[key] = (cut, self.offset, int(feats.view(np.uint32)[0, -1]), feats.shape[-1])
+
+    def finish(self) -> None:
+        header = self._header(self.entries)
+        if len(header) > self.reserve:
+            raise PipelineError(f"feature cache header needs {len(header)} bytes, "
+                                f"{self.reserve} reserved")
+        self.f.seek(0)
+        self.f.write(struct.pack("<Q", self.reserve) + header.ljust(self.reserve, b" "))
+
+
 def compute_features(split_dir, model_dir, out_tensors, out_manifest, split: str = "") -> int:
-    """Compute and cache features for every utterance of an extracted split."""
-    from safetensors.numpy import save_file
+    """Compute and cache features for every utterance of an extracted split, writing each
+    utterance's frames as it goes (memory does not grow with the split)."""
     from tqdm import tqdm
     from transformers import WhisperFeatureExtractor
 
     extractor = WhisperFeatureExtractor.from_pretrained(model_dir)
     utts = list_utterances(split_dir, split)
     mixer = noise_mixer(split, utts)  # None for a plain split; see whisper_ptq.noise
-    tensors, rows = {}, []
-    for u in tqdm(utts, desc=f"features {split}", unit="utt"):
-        audio = read_flac(u.path)
-        if mixer is not None:
-            audio = mixer(u.id, u.speaker, audio)
-        feats = log_mel(extractor, audio)
-        tensors[u.id] = feats
-        rows.append(
-            {
-                "id": u.id,
-                "speaker": u.speaker,
-                "duration": audio.size / SAMPLE_RATE,
-                "reference": u.reference,
-                "n_frames": int(feats.shape[-1]),
-                **({"noise": mixer.kind, "snr_db": mixer.snr} if mixer is not None else {}),
-            }
-        )
-    with atomic_path(out_tensors) as tmp:
-        save_file(tensors, str(tmp), metadata={"split": split, "model_dir": str(model_dir)})
+    rows = []
+    with atomic_path(out_tensors) as tmp, open(tmp, "wb") as f:
+        out = _StreamingSafetensors(f, [u.id for u in utts], extractor.feature_size,
+                                    {"split": split, "model_dir": str(model_dir)})
+        for u in tqdm(utts, desc=f"features {split}", unit="utt"):
+            audio = read_flac(u.path)
+            if mixer is not None:
+                audio = mixer(u.id, u.speaker, audio)
+            feats = log_mel(extractor, audio)
+            out.add(u.id, feats)
+            rows.append(
+                {
+                    "id": u.id,
+                    "speaker": u.speaker,
+                    "duration": audio.size / SAMPLE_RATE,
+                    "reference": u.reference,
+                    "n_frames": int(feats.shape[-1]),
+                    **({"noise": mixer.kind, "snr_db": mixer.snr} if mixer is not None else {}),
+                }
+            )
+        out.finish()
     write_jsonl(out_manifest, rows)
     return len(rows)
 
@@ -131,16 +192,31 @@ def select(rows: list[dict], limit: int | None, exclude=(), split: str = "") -> 
 
 
 class FeatureCache:
-    """Lazy reader of a features file: tensors are read only when asked for."""
+    """Lazy reader of a features file: tensors are read only when asked for.
+
+    ``get`` returns the padded log-mel (the trailing constant frames put back); a file
+    without padding metadata (tensors stored whole) is read as it is.
+    """
 
     def __init__(self, path):
         from safetensors import safe_open
 
         self.path = Path(path)
         self._f = safe_open(str(path), framework="pt")
+        self._padding = json.loads((self._f.metadata() or {}).get(PADDING_KEY, "{}"))
 
     def get(self, uid: str):
-        return self._f.get_tensor(uid)
+        import torch
+
+        kept = self._f.get_tensor(uid)
+        if uid not in self._padding or kept.shape[-1] == self._padding[uid][0]:
+            return kept
+        frames, bits = self._padding[uid]
+        out = torch.empty((*kept.shape[:-1], frames), dtype=kept.dtype)
+        out[..., :kept.shape[-1]] = kept
+        # filled through an int32 view: the constant's exact bits, whatever its value
+        out.view(torch.int32)[..., kept.shape[-1]:] = int(np.uint32(int(bits, 16)).view(np.int32))
+        return out
 
     def keys(self):
         return list(self._f.keys())
@@ -171,7 +247,7 @@ def calibration_batches(features_path, manifest_path, n: int, batch_size: int = 
     """The calibration utterances' features as ``[B, n_mels, 3000]`` batches (ids, batches).
 
     Utterances longer than 30 s are cut to their first 30 s (calibration only needs
-    activation statistics); shorter ones are already padded to 30 s in the cache.
+    activation statistics); the cache returns shorter ones padded to 30 s.
     """
     import torch
 
