@@ -51,6 +51,9 @@ TARGET_PYTHON = "3.12"
 # pip matches manylinux tags exactly: name every glibc the image (Ubuntu 24.04, 2.39) can load
 PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"] + [
     f"manylinux_2_{n}_x86_64" for n in range(5, 40)]
+# Native libraries of other CUDA/ROCm/XPU builds, useless on the image (torch 2.11+cu130):
+# dropped from the wheel (and from its RECORD) so the kit needs one part less.
+SLIM = {"bitsandbytes": r"bitsandbytes/libbitsandbytes_(cuda(?!130)\d+|rocm\d+|xpu\d+)\.so"}
 MARKER_ENV = {"python_version": TARGET_PYTHON, "python_full_version": "3.12.3",
               "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
               "platform_machine": "x86_64", "implementation_name": "cpython",
@@ -147,6 +150,27 @@ def download_wheel(name: str, version: str, dest: Path) -> Path:
     return new.pop()
 
 
+def slim_wheel(wheel: Path, pattern: str) -> list[str]:
+    """Rewrite ``wheel`` without the members matching ``pattern``; returns what was dropped."""
+    import zipfile
+
+    drop = re.compile(pattern)
+    tmp = wheel.with_name(wheel.name + ".tmp")
+    dropped = []
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            if drop.fullmatch(info.filename):
+                dropped.append(info.filename)
+                continue
+            data = src.read(info)
+            if info.filename.endswith(".dist-info/RECORD"):
+                data = "".join(line for line in data.decode().splitlines(keepends=True)
+                               if not drop.fullmatch(line.split(",", 1)[0])).encode()
+            out.writestr(info, data)
+    os.replace(tmp, wheel)
+    return dropped
+
+
 def resolve_wheels(pins: dict[str, str], image: set[str], dest: Path, log=print) -> list[Path]:
     """Download the wanted pins and, recursively, every requirement the image lacks.
 
@@ -166,7 +190,13 @@ def resolve_wheels(pins: dict[str, str], image: set[str], dest: Path, log=print)
             continue
         wheel = download_wheel(name, version, dest)
         done[name] = wheel
-        log(f"  wheel {wheel.name} ({wheel.stat().st_size / MIB:.1f} MiB)")
+        slimmed = ""
+        if name in SLIM:
+            before = wheel.stat().st_size
+            dropped = slim_wheel(wheel, SLIM[name])
+            slimmed = (f", slimmed from {before / MIB:.1f} MiB: {len(dropped)} libraries of "
+                       "other CUDA/ROCm/XPU builds left out")
+        log(f"  wheel {wheel.name} ({wheel.stat().st_size / MIB:.1f} MiB{slimmed})")
         for line in wheel_requires(wheel):
             req = Requirement(line)
             dep = canon(req.name)
@@ -270,6 +300,13 @@ def tree_bytes(repo=REPO) -> int:
     return total
 
 
+def git_commit(repo=REPO) -> str | None:
+    """HEAD of the checkout the kit was prepared in (+ '-dirty'): the machine has no .git."""
+    r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=repo,
+                       capture_output=True, text=True)
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
 def pack(items: list[dict], chunked: dict, cap: int) -> list[list[dict]]:
     """Items (whole files, biggest first, first fit) then ``chunked`` (one file cut into
     chunks filling the gaps) into parts of at most ``cap`` bytes each."""
@@ -360,6 +397,7 @@ def prepare(a) -> int:
             shutil.copyfile(it.pop("src"), dest)
         it["sha256"] = sha256_of(dest)
     manifest = {"format": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "commit": git_commit(),
                 "parts": len(parts), "model_name": a.model_name, "tree_bytes": tree,
                 "files": entries, "weights": weights}
     manifest["kit_id"] = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
@@ -532,7 +570,8 @@ def run(a) -> int:
     out = Path(os.environ.get("OUT") or root / "out")
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false",
+               TOKENIZERS_PARALLELISM="false", WHISPER_PTQ_KIT_ID=manifest["kit_id"],
+               WHISPER_PTQ_KIT_COMMIT=manifest.get("commit") or "",
                PYTHONPATH=os.pathsep.join(filter(None, [str(site), str(REPO / "workflow"),
                                                         os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, str(HERE / "check.py"), "--model", str(model),
