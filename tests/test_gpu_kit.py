@@ -312,3 +312,14 @@ def test_wheels_for_the_gpu_image(tmp_path):
     assert not set(got) & kit.image_packages()
     bnb = next(w for w in wheels if w.name.startswith("bitsandbytes-"))
     assert bnb.stat().st_size < 15 * MIB  # slimmed to the image's CUDA build
+    # they install together for python 3.12 with the machine's command; the slimmed
+    # bitsandbytes still imports (its CPU library is kept)
+    site = tmp_path / "site"
+    plat = [a for p in kit.PLATFORMS for a in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                    "--no-compile", "--target", str(site), "--python-version", "3.12",
+                    "--implementation", "cp", "--only-binary=:all:", *plat, *map(str, wheels)],
+                   check=True)
+    r = subprocess.run([sys.executable, "-c", "import bitsandbytes, hqq, optimum.quanto"],
+                       env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]  # pure Python and bnb: any python 3 here

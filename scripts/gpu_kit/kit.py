@@ -410,7 +410,7 @@ def prepare(a) -> int:
     for k in range(1, len(parts) + 1):
         size = dir_bytes(out / f"part{k}")
         print(f"  part{k}: {size / MIB:.1f} MiB -> run(command='python3 scripts/gpu_kit/kit.py "
-              f"stage {rel}/part{k} --then-run', carry=['{rel}/part{k}'])")
+              f"stage {rel}/part{k} --then-run', carry=['{rel}/part{k}'], timeout_s=590)")
     return 0
 
 
@@ -581,11 +581,15 @@ def run(a) -> int:
         p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, cwd=REPO)
         for line in p.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
             log.write(line)
             log.flush()
-    return p.wait()
+            # the reply keeps only the output's last 12 kB: progress bars keep their last state
+            sys.stdout.write(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\n") else line)
+            sys.stdout.flush()
+    rc = p.wait()
+    if (out / "results.md").is_file():  # the tables in the reply too, should files not come back
+        print("\n" + (out / "results.md").read_text(), flush=True)
+    return rc
 
 
 def parser() -> argparse.ArgumentParser:
