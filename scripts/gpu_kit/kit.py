@@ -346,7 +346,8 @@ def prepare(a) -> int:
     for need in [model / "model.safetensors", model / "config.json"] + [
             mini / f"{s}.tar.gz" for s in SPLITS]:
         if not need.is_file():
-            raise KitError(f"prepare: {need} is missing")
+            raise KitError(f"prepare: {need} is missing (real checkpoints: ../shared/tools/"
+                           "real_whisper.py tiny.en DIR; archives: ../shared/data/librispeech-mini)")
     if out.exists():
         shutil.rmtree(out)
     build = out / "build"
