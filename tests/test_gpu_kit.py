@@ -150,6 +150,17 @@ def test_prepare_then_stage_without_cuda(tmp_path, tiny_en_dir, mini_dir):
     for name in ("config.json", "generation_config.json", "tokenizer.json"):
         assert sha(rebuilt / name) == sha(tiny_en_dir / name)
     assert {f.name for f in (root / "files").iterdir()} == {f["name"] for f in manifest["files"]}
+    # the same run with --device cpu reaches the check (a subprocess on the kit's paths)
+    env = dict(os.environ, WHISPER_PTQ_KIT_ROOT=str(root), OUT=str(tmp_path / "out"))
+    r = subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "run", "--", "--device", "cpu",
+                        "--no-real", "--shapes", "test", "--entries", "fp32", "--batch-size",
+                        "2", "--max-batch", "2", "--tokens", "2", "--threads", "1"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert {f.name for f in (tmp_path / "out").iterdir()} == {"results.md", "results.json",
+                                                               "check.log"}
+    assert "| test (random) | fp32 |" in r.stdout  # the tables are in the reply too
+    assert f"kit {manifest['kit_id']}" in (tmp_path / "out" / "results.md").read_text()
     # staging again copies nothing; a file lost on the machine names its part
     r = _stage(parts[0], root)
     assert "(0.0 MiB copied)" in r.stdout

@@ -501,6 +501,18 @@ def check_cuda(check_args: list[str]) -> str:
     return torch.cuda.get_device_name(0)
 
 
+def cuda_arch() -> str:
+    """The compute capability of GPU 0 as TORCH_CUDA_ARCH_LIST wants it ('9.0'), or ''."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "{}.{}".format(*torch.cuda.get_device_capability(0))
+    except ImportError:
+        pass
+    return ""
+
+
 def install_wheels(manifest: dict, root: Path) -> Path:
     site = root / "site"
     wheels = [root / "files" / it["name"] for it in manifest["files"] if it["kind"] == "wheel"]
@@ -572,9 +584,13 @@ def run(a) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", WHISPER_PTQ_KIT_ID=manifest["kit_id"],
+               # quanto builds its CUDA kernels on first use (nvcc, ninja): for this GPU only
+               TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST") or cuda_arch(),
+               MAX_JOBS=os.environ.get("MAX_JOBS") or str(os.cpu_count() or 4),
                WHISPER_PTQ_KIT_COMMIT=manifest.get("commit") or "",
                PYTHONPATH=os.pathsep.join(filter(None, [str(site), str(REPO / "workflow"),
                                                         os.environ.get("PYTHONPATH")])))
+    env = {k: v for k, v in env.items() if v != ""}  # no arch list on a CPU dry run
     cmd = [sys.executable, str(HERE / "check.py"), "--model", str(model),
            "--mini", str(root / "files"), "--out", str(out), "--work", str(root / "work"),
            *a.check_args]
