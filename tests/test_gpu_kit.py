@@ -1,0 +1,337 @@
+"""The GPU kit (scripts/gpu_kit, docs/gpu.md) without a GPU.
+
+* parts fit what one device call may send (≤ 60 MiB, and ≤ 64 MiB with the repo's files);
+* the fp32 weights are rebuilt byte for byte from fp16 (sha256), and tiny.en is fp16-exact;
+* ``prepare`` then ``stage --then-run`` of every part ends, without CUDA, in one clear
+  "no CUDA device" line and a non-zero exit, after verifying every file;
+* the check's own code (tables, agreement, random-weight search) runs on CPU (--device cpu).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+KIT_DIR = REPO / "scripts" / "gpu_kit"
+MIB = 2**20
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"gpu_kit_{name}", KIT_DIR / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+kit = _module("kit")
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_fp32(path, tensors: dict):
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def test_fp16_round_trip_is_byte_identical(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {name: rng.standard_normal(shape).astype(np.float16).astype(np.float32)
+               for name, shape in [("b.weight", (300, 50)), ("a.bias", (3,)), ("c", (20, 20, 2))]}
+    src = tmp_path / "model.safetensors"
+    write_fp32(src, tensors)
+    rebuild = kit.fp32_to_fp16(src, tmp_path / "w.fp16.safetensors")
+    assert (tmp_path / "w.fp16.safetensors").stat().st_size < src.stat().st_size * 0.6
+    from safetensors.numpy import load_file
+
+    half = load_file(str(tmp_path / "w.fp16.safetensors"))  # a valid safetensors file
+    assert {k: v.dtype for k, v in half.items()} == {k: np.float16 for k in tensors}
+    out = tmp_path / "rebuilt.safetensors"
+    kit.fp16_to_fp32(tmp_path / "w.fp16.safetensors", rebuild, out)
+    assert sha(out) == sha(src)
+
+
+def test_fp16_refuses_weights_it_cannot_carry_exactly(tmp_path):
+    src = tmp_path / "model.safetensors"
+    write_fp32(src, {"w": np.array([1.0, 1.0 + 2**-20], dtype=np.float32)})
+    with pytest.raises(kit.KitError, match="not exactly representable in fp16"):
+        kit.fp32_to_fp16(src, tmp_path / "x")
+
+
+def test_pack_fills_parts_within_the_cap():
+    items = [{"name": f"w{i}", "kind": "wheel", "bytes": b} for i, b in
+             enumerate([43 * MIB, 19 * MIB, 9 * MIB, 3 * MIB, 10_000])]
+    parts = kit.pack(items, {"name": "m.fp16", "bytes": 75 * MIB}, 60 * MIB)
+    sizes = [sum(it["bytes"] for it in p) for p in parts]
+    assert all(s <= 60 * MIB for s in sizes)
+    assert len(parts) == 3  # 149 MiB in all: three parts, no more
+    chunks = sorted((it for p in parts for it in p if it["kind"] == "chunk"),
+                    key=lambda it: it["offset"])
+    assert sum(c["bytes"] for c in chunks) == 75 * MIB
+    assert [c["offset"] for c in chunks] == list(np.cumsum([0] + [c["bytes"] for c in chunks[:-1]]))
+    with pytest.raises(kit.KitError, match="more than one part"):
+        kit.pack([{"name": "big", "kind": "wheel", "bytes": 61 * MIB}], {"name": "m", "bytes": 1}, 60 * MIB)
+
+
+def test_wheel_list_is_requirements_minus_the_image():
+    wanted = kit.wanted_packages(kit.requirement_pins(), kit.image_packages())
+    for name in ("optimum-quanto", "hqq", "bitsandbytes", "jiwer", "whisper-normalizer",
+                 "soundfile"):
+        assert name in wanted
+    for name in ("torch", "transformers", "accelerate", "safetensors", "numpy", "pyyaml",
+                 "snakemake", "pytest", "huggingface-hub"):
+        assert name not in wanted
+    # a package added to requirements.txt later is picked up without touching the kit
+    assert "newpkg" in kit.wanted_packages({**kit.requirement_pins(), "newpkg": "1.0"},
+                                           kit.image_packages())
+
+
+def test_check_without_cuda_is_one_clear_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    check = _module("check")
+    rc = check.main(["--model", str(tmp_path), "--mini", str(tmp_path), "--out",
+                     str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no CUDA device is available" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _stage(part, root, *extra):
+    env = dict(os.environ, WHISPER_PTQ_KIT_ROOT=str(root))
+    return subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "stage", str(part),
+                           "--then-run", *extra], capture_output=True, text=True, env=env,
+                          cwd=REPO)
+
+
+@pytest.mark.slow  # real tiny.en weights and the mini archives (~10 s)
+def test_prepare_then_stage_without_cuda(tmp_path, tiny_en_dir, mini_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    out, root = tmp_path / "kit", tmp_path / "root"
+    subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "prepare", "--skip-wheels",
+                    "--out", str(out), "--model", str(tiny_en_dir), "--mini", str(mini_dir)],
+                   check=True, capture_output=True, text=True)
+    parts = sorted(out.glob("part*"))
+    manifest = json.loads((parts[0] / kit.MANIFEST).read_text())
+    assert len(parts) == manifest["parts"] >= 2
+    tree = kit.tree_bytes()
+    for p in parts:
+        size = sum(f.stat().st_size for f in p.iterdir())
+        assert size <= 60 * MIB and size + tree <= 64 * MIB, (p.name, size, tree)
+    # staged in any order; only the call that completes the set runs
+    for p in parts[:0:-1]:
+        r = _stage(p, root)
+        assert r.returncode == 0 and "not running yet" in r.stdout, r.stderr
+    r = _stage(parts[0], root)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]  # one line, no traceback
+    assert "gpu_kit: error: no CUDA device" in r.stderr
+    assert "files verified (sha256)" in r.stdout
+    rebuilt = root / "model" / "tiny.en"
+    assert sha(rebuilt / "model.safetensors") == sha(tiny_en_dir / "model.safetensors")
+    for name in ("config.json", "generation_config.json", "tokenizer.json"):
+        assert sha(rebuilt / name) == sha(tiny_en_dir / name)
+    assert {f.name for f in (root / "files").iterdir()} == {f["name"] for f in manifest["files"]}
+    # the same run with --device cpu reaches the check (a subprocess on the kit's paths)
+    env = dict(os.environ, WHISPER_PTQ_KIT_ROOT=str(root), OUT=str(tmp_path / "out"))
+    r = subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "run", "--", "--device", "cpu",
+                        "--no-real", "--shapes", "test", "--entries", "fp32", "--batch-size",
+                        "2", "--max-batch", "2", "--tokens", "2", "--threads", "1"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert {f.name for f in (tmp_path / "out").iterdir()} == {"results.md", "results.json",
+                                                               "check.log"}
+    assert "| test (random) | fp32 |" in r.stdout  # the tables are in the reply too
+    assert f"kit {manifest['kit_id']}" in (tmp_path / "out" / "results.md").read_text()
+    # staging again copies nothing; a file lost on the machine names its part
+    r = _stage(parts[0], root)
+    assert "(0.0 MiB copied)" in r.stdout
+    lost = next(f for f in manifest["files"] if f["part"] == 2)
+    (root / "files" / lost["name"]).unlink()
+    r = _stage(parts[0], root)
+    assert r.returncode == 0 and "not running yet: stage part2 next" in r.stdout
+    (root / "files" / lost["name"]).write_bytes(b"damaged")
+    r = subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "run"], capture_output=True,
+                       text=True, env=dict(os.environ, WHISPER_PTQ_KIT_ROOT=str(root)))
+    assert r.returncode == 2 and "parts missing or damaged" in r.stderr and "part2" in r.stderr
+
+
+@pytest.mark.slow  # reads the real tiny.en weights
+def test_tiny_en_weights_are_fp16_exact(tiny_en_dir):
+    from safetensors.numpy import load_file
+
+    for name, w in load_file(str(tiny_en_dir / "model.safetensors")).items():
+        assert w.dtype == np.float32
+        assert np.array_equal(w.astype(np.float16).astype(np.float32).view(np.uint32),
+                              w.view(np.uint32)), name
+
+
+def small_mirror(mini_dir: Path, dest: Path, counts: dict) -> Path:
+    """Archives with the first ``counts[split]`` utterances of each real mini archive."""
+    dest.mkdir()
+    for split, n in counts.items():
+        with tarfile.open(mini_dir / f"{split}.tar.gz") as src:
+            members = [m for m in src.getmembers() if m.isfile()]
+            flacs = sorted(m.name for m in members if m.name.endswith(".flac"))[:n]
+            keep = {Path(f).stem for f in flacs}
+            with tarfile.open(dest / f"{split}.tar.gz", "w:gz") as out:
+                for m in members:
+                    if m.name in flacs:
+                        out.addfile(m, src.extractfile(m))
+                    elif m.name.endswith(".trans.txt"):
+                        lines = [ln for ln in src.extractfile(m).read().decode().splitlines()
+                                 if ln.split(" ", 1)[0] in keep]
+                        if lines:
+                            data = ("\n".join(lines) + "\n").encode()
+                            m.size = len(data)
+                            out.addfile(m, io.BytesIO(data))
+    return dest
+
+
+@pytest.mark.slow  # real tiny.en on real audio, on CPU (~1 min on 2 busy cores)
+def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
+    """The check end to end on CPU: real tiny.en (fp32; fp16 is GPU-only), the CPU-against-
+    device agreement, and the random-weight search (fp32, HQQ int4) on a test-sized shape."""
+    mirror = small_mirror(mini_dir, tmp_path / "mini", {"test-clean": 17, "test-other": 1})
+    check = _module("check")
+    out = tmp_path / "out"
+    rc = check.main(["--model", str(tiny_en_dir), "--mini", str(mirror), "--out", str(out),
+                     "--work", str(tmp_path / "work"), "--scratch", str(tmp_path / "scratch"),
+                     "--device", "cpu", "--entries", "fp32,fp16,hqq-int4-g64", "--shapes",
+                     "test", "--limit", "1", "--batch-size", "2", "--max-batch", "4",
+                     "--tokens", "4", "--max-batch-entries", "fp32", "--threads", "1", "--cpu-threads", "1",
+                     "--budget-s", "3000", "--real-entries", "fp32,fp16"])
+    assert rc == 0
+    d = json.loads((out / "results.json").read_text())
+    real = {(r["entry"], r["split"]): r for r in d["real"]}
+    assert set(real) == {("fp32", "test-clean"), ("fp32", "test-other")}
+    assert all(r["utterances"] == 1 for r in real.values())
+    assert real[("fp32", "test-clean")]["wer"] < 30  # real weights on real speech
+    assert real[("fp32", "test-clean")]["mb_on_disk"] > 100  # tiny.en in fp32: 144 MiB
+    not_run = {(r["entry"], r["status"]) for r in d["not_run"]}
+    assert not_run == {("fp16", "unsupported")}
+    ag = d["agreement"]["splits"]
+    assert [s["split"] for s in ag] == ["test-clean", "test-other"]
+    assert all(s["same"] == s["utterances"] == 1 and not s["differ"] for s in ag)
+    syn = {r["entry"]: r for r in d["synthetic"]}
+    assert set(syn) == {"fp32", "hqq-int4-g64"}
+    assert syn["fp32"]["base"]["batch"] == 2 and syn["fp32"]["max"]["batch"] == 4
+    # exactly --tokens new tokens per utterance, though random weights would stop anywhere
+    assert syn["fp32"]["base"]["tokens"] == 2 * 4 and syn["fp32"]["max"]["tokens"] == 4 * 4
+    assert syn["hqq-int4-g64"]["max"] is None
+    assert syn["hqq-int4-g64"]["stopped_by"].startswith("not searched")
+    md = (out / "results.md").read_text()
+    assert md.startswith("# GPU check: no GPU: CPU dry run; torch ")
+    assert "| fp32 | test-other | 1 |" in md
+    assert "| test (random) | hqq-int4-g64 |" in md
+    assert "| tiny.en | fp16 | unsupported |" in md
+    assert "test-clean: 1 of 1 hypotheses identical" in md
+
+
+def test_budget_guard_still_writes_the_tables(tmp_path, tiny_en_dir):
+    check = _module("check")
+    out = tmp_path / "out"
+    rc = check.main(["--model", str(tiny_en_dir), "--mini", str(tmp_path), "--out", str(out),
+                     "--work", str(tmp_path / "work"), "--scratch", str(tmp_path / "scratch"),
+                     "--device", "cpu", "--no-real", "--shapes", "test", "--entries",
+                     "fp32,quanto-int8", "--budget-s", "1"])
+    assert rc == 0
+    d = json.loads((out / "results.json").read_text())
+    assert d["synthetic"] == []
+    assert [(r["entry"], r["status"], r["reason"]) for r in d["not_run"]] == [
+        ("fp32", "skipped", "time budget"), ("quanto-int8", "skipped", "time budget")]
+    assert "| test (random) | quanto-int8 | skipped | time budget |" in (out / "results.md").read_text()
+
+
+def test_study_loads_without_snakemake(monkeypatch, tiny_en_dir):
+    """The GPU image has no Snakemake: the check falls back to the unvalidated config."""
+    check = _module("check")
+    args = check.parser().parse_args(["--model", str(tiny_en_dir), "--mini", ".", "--out", "."])
+    with_schema = check.load(args)
+    monkeypatch.setitem(sys.modules, "snakemake.utils", None)
+    without = check.load(args)
+    assert without.entries == with_schema.entries
+    assert without.calibration == with_schema.calibration == {"split": "test-clean", "n": 16}
+
+
+def test_slim_wheel_drops_other_builds_from_files_and_record(tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl"
+    names = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so",
+             "bitsandbytes/libbitsandbytes_cuda118.so", "bitsandbytes/libbitsandbytes_cuda130.so",
+             "bitsandbytes/libbitsandbytes_cuda132.so", "bitsandbytes/libbitsandbytes_rocm64.so"]
+    with zipfile.ZipFile(wheel, "w") as z:
+        for n in names:
+            z.writestr(n, b"x" * 100)
+        z.writestr("bitsandbytes-0.50.2.dist-info/RECORD",
+                   "".join(f"{n},sha256=abc,100\n" for n in names)
+                   + "bitsandbytes-0.50.2.dist-info/RECORD,,\n")
+    dropped = kit.slim_wheel(wheel, kit.SLIM["bitsandbytes"])
+    keep = ["bitsandbytes/__init__.py", "bitsandbytes/libbitsandbytes_cpu.so",
+            "bitsandbytes/libbitsandbytes_cuda130.so"]
+    assert sorted(dropped) == sorted(set(names) - set(keep))
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == sorted(keep + ["bitsandbytes-0.50.2.dist-info/RECORD"])
+        record = z.read("bitsandbytes-0.50.2.dist-info/RECORD").decode()
+    assert [line.split(",")[0] for line in record.splitlines()] == keep + [
+        "bitsandbytes-0.50.2.dist-info/RECORD"]
+
+
+@pytest.mark.slow  # downloads ~50 MB from PyPI
+def test_wheels_for_the_gpu_image(tmp_path):
+    """Every requirements.txt package the image lacks, and what it needs, as a wheel that
+    python 3.12 on manylinux x86-64 can install; none of the image's own packages."""
+    from packaging.utils import parse_wheel_filename
+
+    import urllib.request
+
+    try:
+        urllib.request.urlopen("https://pypi.org/simple/pip/", timeout=20).close()
+    except OSError as e:
+        pytest.skip(f"PyPI unreachable: {e}")
+    wheels = kit.resolve_wheels(kit.requirement_pins(), kit.image_packages(), tmp_path,
+                                log=lambda *_: None)
+    got = {}
+    for w in wheels:
+        name, _, _, tags = parse_wheel_filename(w.name)
+        got[name] = tags
+        assert any(t.interpreter in ("py3", "cp312") and t.abi in ("none", "cp312", "abi3")
+                   and (t.platform == "any" or (t.platform.startswith("manylinux")
+                                                and t.platform.endswith("x86_64")))
+                   for t in tags), w.name
+    wanted = kit.wanted_packages(kit.requirement_pins(), kit.image_packages())
+    assert set(wanted) <= set(got)
+    assert {"rapidfuzz", "cffi", "termcolor"} <= set(got)  # needs of jiwer, soundfile, hqq
+    assert not set(got) & kit.image_packages()
+    bnb = next(w for w in wheels if w.name.startswith("bitsandbytes-"))
+    assert bnb.stat().st_size < 15 * MIB  # slimmed to the image's CUDA build
+    # they install together for python 3.12 with the machine's command; the slimmed
+    # bitsandbytes still imports (its CPU library is kept)
+    site = tmp_path / "site"
+    plat = [a for p in kit.PLATFORMS for a in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+                    "--no-compile", "--target", str(site), "--python-version", "3.12",
+                    "--implementation", "cp", "--only-binary=:all:", *plat, *map(str, wheels)],
+                   check=True)
+    r = subprocess.run([sys.executable, "-c", "import bitsandbytes, hqq, optimum.quanto"],
+                       env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]  # pure Python and bnb: any python 3 here
