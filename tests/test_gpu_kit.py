@@ -262,13 +262,15 @@ def test_budget_guard_still_writes_the_tables(tmp_path, tiny_en_dir):
 
 
 def test_study_loads_without_snakemake(monkeypatch, tiny_en_dir):
-    """The GPU image has no Snakemake: the check falls back to the unvalidated config."""
+    """The GPU image has no Snakemake: the study gets the schema's defaults without it."""
     check = _module("check")
     args = check.parser().parse_args(["--model", str(tiny_en_dir), "--mini", ".", "--out", "."])
     with_schema = check.load(args)
     monkeypatch.setitem(sys.modules, "snakemake.utils", None)
     without = check.load(args)
+    assert without.config == with_schema.config  # every default filled as validate() does
     assert without.entries == with_schema.entries
+    assert without.decoding == with_schema.decoding
     assert without.calibration == with_schema.calibration == {"split": "test-clean", "n": 16}
 
 

@@ -30,7 +30,12 @@ def as_list(value) -> list[str]:
 
 def validate_schema(config: dict) -> dict:
     """Validate (and fill defaults) like the Snakefile does; PipelineError names the key."""
-    from snakemake.utils import validate
+    try:
+        from snakemake.utils import validate
+    except ModuleNotFoundError:  # a bare runtime image (GPU kit): defaults only, no type check
+        from .schema import fill_defaults
+
+        return fill_defaults(config)
 
     try:
         validate(config, str(SCHEMA))

@@ -33,3 +33,14 @@ def schema_default(*keys: str):
 def with_defaults(section: str, values: dict | None) -> dict:
     """``values`` of an object key (``decoding``) with the schema's defaults filled in."""
     return {**schema_default(section), **(values or {})}
+
+
+def fill_defaults(config: dict) -> dict:
+    """Fill the schema's defaults into ``config`` in place, without checking types: what
+    ``snakemake.utils.validate`` does on a machine without Snakemake (the GPU kit's image)."""
+    for key, node in _schema()["properties"].items():
+        if "default" in node:
+            config.setdefault(key, node["default"])
+        if "properties" in node and isinstance(config.get(key), dict):
+            config[key] = with_defaults(key, config.get(key))
+    return config
