@@ -1,10 +1,14 @@
 rule download:
+    """Fetch one LibriSpeech split archive (URL from `librispeech_url`), check its md5 and
+    extract it atomically."""
     output:
         archive="data/archives/{split}.tar.gz",
         split_dir=directory("data/LibriSpeech/{split}"),
     params:
         base_url=config["librispeech_url"],
         md5=lambda wc: config["md5"].get(wc.split, ""),
+    message:
+        "Download {wildcards.split} from {params.base_url}"
     log:
         "logs/download/{split}.log",
     conda:
@@ -16,10 +20,13 @@ rule download:
 
 
 rule model:
+    """Resolve the model source (hub id or local directory) into data/models/<model>."""
     output:
         directory("data/models/{model}"),
     params:
         source=lambda wc: STUDY.models[wc.model],
+    message:
+        "Model {wildcards.model} from {params.source}"
     log:
         "logs/model/{model}.log",
     conda:
@@ -29,6 +36,8 @@ rule model:
 
 
 rule features:
+    """Log-mel feature cache of one split for one model (noisy splits: noise added to the
+    clean audio first)."""
     input:
         # a noisy derived split (test-clean+white10) is made from its clean split's audio
         split_dir=lambda wc: f"data/LibriSpeech/{noise.base_split(wc.split)}",
@@ -36,6 +45,8 @@ rule features:
     output:
         tensors="data/features/{model}/{split}.safetensors",
         manifest="data/features/{model}/{split}.manifest.jsonl",
+    message:
+        "Features {wildcards.model} / {wildcards.split}"
     log:
         "logs/features/{model}/{split}.log",
     resources:

@@ -1,0 +1,109 @@
+"""One look for every report figure: sizes that fit a paper column or page, a colour per
+quantization library, PNG + PDF output, collapsed schemes, labels that do not overlap."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..io import atomic_path
+
+# inches: one column of a two-column paper, and the full text width
+COLUMN, PAGE = 3.4, 7.0
+RC = {
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7,
+    "ytick.labelsize": 7, "legend.fontsize": 7, "figure.titlesize": 9,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+    "grid.alpha": 0.3, "grid.linewidth": 0.5, "savefig.bbox": "tight", "savefig.dpi": 200,
+    "pdf.fonttype": 42,  # TrueType in the PDF: editable text in a paper's figure
+}
+# WER above this multiple of the fp32 WER of the same model/device/split is a collapsed
+# scheme (e.g. 2-bit): drawn as a marker at the axis edge with its value, never setting
+# the axis range
+COLLAPSE = 4.0
+CI_TEXT = "95 % speaker-bootstrap CI"
+
+LIBRARY_COLOURS = {
+    "fp": "#404040", "torch": "#1f77b4", "quanto": "#ff7f0e", "hqq": "#2ca02c",
+    "bnb": "#d62728", "ct2": "#9467bd", "torchao": "#8c564b",
+}
+# libraries the mapping does not know yet get one of these, fixed by their name
+FALLBACK = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a"]
+
+
+def library_colour(library) -> str:
+    if library in LIBRARY_COLOURS:
+        return LIBRARY_COLOURS[library]
+    digest = hashlib.sha256(str(library).encode()).digest()
+    return FALLBACK[digest[0] % len(FALLBACK)]
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    pyplot.rcParams.update(RC)
+    return pyplot
+
+
+def save(fig, png, pdf=None) -> list[Path]:
+    """Writes ``png`` and ``pdf`` (default: beside it, same stem); returns both paths."""
+    png = Path(png)
+    paths = [png, Path(pdf) if pdf else png.with_suffix(".pdf")]
+    for path in paths:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:])
+    return paths
+
+
+def library_legend(ax, libraries, **kw):
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="", marker="o", color=library_colour(lib), label=lib)
+               for lib in dict.fromkeys(libraries)]
+    return ax.legend(handles=handles, title="library", **kw)
+
+
+def _overlaps(bbox, others, pad=1.0):
+    return any(bbox.x0 - pad < o.x1 and o.x0 - pad < bbox.x1 and bbox.y0 - pad < o.y1
+               and o.y0 - pad < bbox.y1 for o in others)
+
+
+# offsets (points) tried in turn around a marker, nearest first
+_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4.5, 6)
+            for dx, dy in ((4, 3), (4, -7), (-4, 3), (-4, -7), (0, 5), (0, -10), (6, -2),
+                           (-6, -2))]
+
+
+def place_labels(ax, items, fontsize=7):
+    """Annotates ``items`` [(x, y, text, colour)] so that no two labels (and no label and a
+    marker) overlap where a free spot exists: each label takes the first offset around its
+    point whose rendered box is free. Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    taken = []
+    for x, y in [(x, y) for x, y, _, _ in items]:  # the markers themselves
+        px, py = ax.transData.transform((x, y))
+        from matplotlib.transforms import Bbox
+
+        taken.append(Bbox([[px - 3, py - 3], [px + 3, py + 3]]))
+    out = []
+    axbox = ax.get_window_extent(renderer)
+    for x, y, text, colour in items:
+        ann = None
+        for dx, dy in _OFFSETS:
+            if ann is not None:
+                ann.remove()
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
+                              fontsize=fontsize, color=colour,
+                              ha="left" if dx >= 0 else "right", va="bottom",
+                              annotation_clip=False)
+            bb = ann.get_window_extent(renderer)
+            inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1
+            if inside and not _overlaps(bb, taken):
+                break
+        taken.append(ann.get_window_extent(renderer))
+        out.append(ann)
+    return out
