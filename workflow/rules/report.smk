@@ -18,6 +18,7 @@ REPORT_OUTPUTS = {
     "dwer": report(f"{REPORT_DIR}/dwer.png", caption="../report/dwer.rst",
                    category="1 Main results"),
     "dwer_pdf": f"{REPORT_DIR}/dwer.pdf",
+    "dwer_svg": f"{REPORT_DIR}/dwer.svg",  # inlined at the top of the HTML report
     "md": report(f"{REPORT_DIR}/table1.md", caption="../report/table1.rst",
                  category="1 Main results"),
     "tex": f"{REPORT_DIR}/table1.tex",

@@ -4,6 +4,8 @@ imports nothing beyond the standard library (the summary table is written by the
 from __future__ import annotations
 
 import re
+import textwrap
+from collections import defaultdict
 from pathlib import Path
 
 BAR = "─" * 78
@@ -15,10 +17,15 @@ def success(summary: str | Path, report_files) -> str:
     summary = Path(summary)
     if summary.is_file():
         lines += ["", summary.read_text().rstrip(), ""]
-    files = [f for f in report_files if Path(f).exists()]
-    if files:
-        lines.append("Report files:")
-        lines += [f"  {f}" for f in files]
+    folders = defaultdict(list)
+    for f in map(Path, report_files):
+        if f.exists():
+            folders[f.parent].append(f.name)
+    for folder, names in folders.items():
+        lines.append(f"Report files in {folder}/:")
+        lines += textwrap.wrap("  ".join(names), 76, initial_indent="  ",
+                               subsequent_indent="  ", break_on_hyphens=False)
+    if folders:
         lines.append("HTML report: snakemake --report report.html"
                      " --configfile results/report/config.yaml")
     lines.append(BAR)

@@ -86,7 +86,7 @@ def _main_entries(df):
 def main_figure(df: pd.DataFrame, png=None):
     """ΔWER against fp32 per entry with its 95 % paired speaker-bootstrap interval, one panel
     per LibriSpeech split, coloured by library; filled = significant. Sweep entries are in
-    the sweep figure; fp32 is the zero line."""
+    the sweep figure; fp32 is the zero line. Also written as SVG."""
     plt = style.plt()
     rows = _main_entries(df)
     rows = rows[(rows["entry"] != BASELINE) & rows["dwer"].notna()]
@@ -118,7 +118,7 @@ def main_figure(df: pd.DataFrame, png=None):
                    f"collapsed (WER > {style.COLLAPSE:g}× fp32): ΔWER written")
     fig.suptitle(f"ΔWER against fp32 with {style.CI_TEXT} (paired)")
     fig.tight_layout()
-    return _done(fig, png)
+    return _done(fig, png, svg=True)  # the SVG opens the HTML report (workflow.rst)
 
 
 def fig1(df: pd.DataFrame, png=None, pdf=None):
@@ -329,12 +329,12 @@ def sweep(df: pd.DataFrame, sweep_cfg: dict, png=None):
     return _done(fig, png)
 
 
-def _done(fig, png, pdf=None):
-    """Without ``png``: the figure itself (tests measure it); else writes PNG + PDF, closes
-    the figure and returns the paths."""
+def _done(fig, png, pdf=None, svg=False):
+    """Without ``png``: the figure itself (tests measure it); else writes PNG + PDF (+ SVG),
+    closes the figure and returns the paths."""
     if png is None:
         return fig
-    paths = style.save(fig, png, pdf)
+    paths = style.save(fig, png, pdf, svg)
     import matplotlib.pyplot as pyplot
 
     pyplot.close(fig)

@@ -4,6 +4,7 @@ quantization library, PNG + PDF output, collapsed schemes, labels that do not ov
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from ..io import atomic_path
@@ -16,6 +17,7 @@ RC = {
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
     "grid.alpha": 0.3, "grid.linewidth": 0.5, "savefig.bbox": "tight", "savefig.dpi": 200,
     "pdf.fonttype": 42,  # TrueType in the PDF: editable text in a paper's figure
+    "svg.fonttype": "none",  # SVG text stays text: small, and searchable in the HTML report
 }
 # WER above this multiple of the fp32 WER of the same model/device/split is a collapsed
 # scheme (e.g. 2-bit): drawn as a marker at the axis edge with its value, never setting
@@ -39,8 +41,12 @@ def library_colour(library) -> str:
 
 
 def plt():
+    import logging
+
     import matplotlib
 
+    # PDF font subsetting logs every glyph at INFO (the CLI logs INFO)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as pyplot
 
@@ -48,13 +54,21 @@ def plt():
     return pyplot
 
 
-def save(fig, png, pdf=None) -> list[Path]:
-    """Writes ``png`` and ``pdf`` (default: beside it, same stem); returns both paths."""
+def save(fig, png, pdf=None, svg=False) -> list[Path]:
+    """Writes ``png`` and ``pdf`` (default: beside it, same stem), with ``svg`` an SVG beside
+    the PNG too; returns the paths."""
     png = Path(png)
-    paths = [png, Path(pdf) if pdf else png.with_suffix(".pdf")]
+    paths = [png, Path(pdf) if pdf else png.with_suffix(".pdf")] + [png.with_suffix(".svg")] * svg
     for path in paths:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format=path.suffix[1:])
+            if path.suffix == ".svg":  # scale to the page that inlines it (viewBox kept)
+                text = tmp.read_text()
+                head = text.index("<svg")
+                end = text.index(">", head)
+                tag = re.sub(r'\s(width|height)="[^"]*"', "", text[head:end])
+                tmp.write_text(text[:head] + tag.replace("<svg", '<svg width="100%"', 1)
+                               + text[end:])
     return paths
 
 
