@@ -37,12 +37,18 @@ _RULE = re.compile(r"^Error in rule (\S+?):\s*$")
 _LOG = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?\s*$")
 
 
-def failed_jobs(snakemake_log: str | Path | None) -> list[tuple[str, list[str]]]:
-    """(rule, its log files) of every failed job named in Snakemake's own log file."""
-    if not snakemake_log or not Path(snakemake_log).is_file():
+def _paths(logs) -> list[Path]:
+    """Snakemake hands the hooks its log file(s): a path or a list of them."""
+    if not logs:
         return []
+    return [Path(p) for p in ([logs] if isinstance(logs, (str, Path)) else logs)]
+
+
+def failed_jobs(snakemake_log) -> list[tuple[str, list[str]]]:
+    """(rule, its log files) of every failed job named in Snakemake's own log file(s)."""
+    text = "\n".join(p.read_text(errors="replace") for p in _paths(snakemake_log) if p.is_file())
     out, rule = [], None
-    for line in Path(snakemake_log).read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         m = _RULE.match(line)
         if m:
             rule = m.group(1)
@@ -70,7 +76,8 @@ def failure(snakemake_log) -> str:
     jobs = failed_jobs(snakemake_log)
     lines = [BAR]
     if not jobs:
-        lines.append(f"whisper-ptq: failed; Snakemake's log: {snakemake_log}")
+        logs = ", ".join(map(str, _paths(snakemake_log))) or "(none)"
+        lines.append(f"whisper-ptq: failed; Snakemake's log: {logs}")
     for rule, logs in jobs:
         for log in logs or ["(no log file)"]:
             lines.append(f"whisper-ptq: rule {rule} failed; log: {log}")
