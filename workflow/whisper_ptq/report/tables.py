@@ -82,7 +82,10 @@ def legend(df: pd.DataFrame) -> str:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+    """Unpadded pipe table: rows diff line by line, and cells stay greppable (``| fp32 |``)."""
+    rows = [list(frame.columns), *frame.astype(str).to_numpy().tolist()]
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join([lines[0], "|" + "---|" * frame.shape[1], *lines[1:]])
 
 
 def markdown_table(df: pd.DataFrame, notes=()) -> str:
