@@ -45,8 +45,6 @@ rule features:
     output:
         tensors="data/features/{model}/{split}.safetensors",
         manifest="data/features/{model}/{split}.manifest.jsonl",
-    message:
-        "Features {wildcards.model} / {wildcards.split}"
     log:
         "logs/features/{model}/{split}.log",
     resources:
@@ -54,6 +52,8 @@ rule features:
         runtime=60,
     conda:
         "../../envs/features.yaml"
+    message:
+        "Features {wildcards.model} / {wildcards.split}"
     shell:
         "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli features --split-dir {input.split_dir}"
         " --model-dir {input.model_dir} --split {wildcards.split}"
