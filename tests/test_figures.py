@@ -105,7 +105,7 @@ def test_pareto_labels_do_not_overlap_and_collapsed_is_off_the_front(runs):
     for ax in fig.axes:
         labels = [t for t in ax.texts if t.get_text()]
         assert len(labels) == 9  # entries without the sweep's two
-        assert overlapping([t.get_window_extent(renderer) for t in labels]) == []
+        assert overlapping([style.label_box(t, renderer) for t in labels]) == []
         top = ax.get_ylim()[1]
         collapsed = [t for t in labels if "↑" in t.get_text()]
         assert len(collapsed) == 1 and collapsed[0].get_text().startswith("9 ↑")

@@ -91,33 +91,46 @@ _OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3, 4.5, 6)
                            (-6, -2))]
 
 
+def label_box(text, renderer):
+    """The rendered box of a label's text alone (an annotation's own box includes its leader
+    line)."""
+    from matplotlib.text import Text
+
+    if hasattr(text, "update_positions"):  # an annotation: place the text at its offset first
+        text.update_positions(renderer)
+    return Text.get_window_extent(text, renderer)
+
+
 def place_labels(ax, items, fontsize=7):
     """Annotates ``items`` [(x, y, text, colour)] so that no two labels (and no label and a
     marker) overlap where a free spot exists: each label takes the first offset around its
-    point whose rendered box is free. Returns the annotations."""
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    taken = []
-    for x, y in [(x, y) for x, y, _, _ in items]:  # the markers themselves
-        px, py = ax.transData.transform((x, y))
-        from matplotlib.transforms import Bbox
+    point whose rendered box is free; one placed away from its point gets a thin leader
+    line. Returns the annotations."""
+    from matplotlib.transforms import Bbox
 
+    renderer = ax.figure.canvas.get_renderer()
+    taken = []
+    for x, y, _, _ in items:  # the markers themselves
+        px, py = ax.transData.transform((x, y))
         taken.append(Bbox([[px - 3, py - 3], [px + 3, py + 3]]))
     out = []
     axbox = ax.get_window_extent(renderer)
     for x, y, text, colour in items:
         ann = None
-        for dx, dy in _OFFSETS:
+        for i, (dx, dy) in enumerate(_OFFSETS):
             if ann is not None:
                 ann.remove()
+            far = i >= 8  # past the first ring of offsets
             ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points",
                               fontsize=fontsize, color=colour,
                               ha="left" if dx >= 0 else "right", va="bottom",
-                              annotation_clip=False)
-            bb = ann.get_window_extent(renderer)
+                              annotation_clip=False,
+                              arrowprops=dict(arrowstyle="-", lw=0.4, color=colour, shrinkA=1,
+                                              shrinkB=3) if far else None)
+            bb = label_box(ann, renderer)
             inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1
             if inside and not _overlaps(bb, taken):
                 break
-        taken.append(ann.get_window_extent(renderer))
+        taken.append(label_box(ann, renderer))
         out.append(ann)
     return out
