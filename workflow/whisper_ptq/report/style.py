@@ -18,6 +18,7 @@ RC = {
     "grid.alpha": 0.3, "grid.linewidth": 0.5, "savefig.bbox": "tight", "savefig.dpi": 200,
     "pdf.fonttype": 42,  # TrueType in the PDF: editable text in a paper's figure
     "svg.fonttype": "none",  # SVG text stays text: small, and searchable in the HTML report
+    "svg.hashsalt": "whisper-ptq",  # fixed element ids: same numbers, same SVG
 }
 # WER above this multiple of the fp32 WER of the same model/device/split is a collapsed
 # scheme (e.g. 2-bit): drawn as a marker at the axis edge with its value, never setting
@@ -61,7 +62,9 @@ def save(fig, png, pdf=None, svg=False) -> list[Path]:
     paths = [png, Path(pdf) if pdf else png.with_suffix(".pdf")] + [png.with_suffix(".svg")] * svg
     for path in paths:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=path.suffix[1:])
+            # no creation date: a redraw of the same numbers gives the same bytes
+            stamp = {".pdf": {"CreationDate": None}, ".svg": {"Date": None}}.get(path.suffix)
+            fig.savefig(tmp, format=path.suffix[1:], metadata=stamp)
             if path.suffix == ".svg":  # scale to the page that inlines it (viewBox kept)
                 text = tmp.read_text()
                 head = text.index("<svg")
