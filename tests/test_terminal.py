@@ -49,24 +49,30 @@ def test_offline_failure_names_the_log_and_its_cause(tmp_path):
 @pytest.mark.slow
 def test_report_after_an_overridden_run_reads_the_recorded_config(tmp_path_factory,
                                                                   tiny_en_dir, mini_dir):
-    """The run used its own config (here: the workdir's config.yaml, standing in for
-    `--config` overrides); with the checkout's config.yaml in its place, `snakemake --report`
-    works from results/report/config.yaml alone. The report lists only configured figures."""
+    """The small reference run's settings play `--config` overrides: with a config.yaml whose
+    top-level settings differ (another model, limit and splits, cuda too), plain `snakemake
+    --report` looks for outputs that run never made, and `--configfile
+    results/report/config.yaml` builds the report. Only configured figures are listed."""
     wf, run = reference_run(tmp_path_factory, tiny_en_dir, mini_dir)
-    recorded = yaml.safe_load((run / "results/report/config.yaml").read_text())
     used = yaml.safe_load((run / "config.yaml").read_text())
+    recorded = yaml.safe_load((run / "results/report/config.yaml").read_text())
     assert "threads" not in recorded  # changes no result (README, "Re-runs")
     assert {k: recorded[k] for k in used if k != "threads"} == {
         k: v for k, v in used.items() if k != "threads"}
     saved = (run / "config.yaml").read_text()
     html = run / "report.html"
     try:
-        shutil.copy(REPO / "config.yaml", run / "config.yaml")  # no overrides any more
-        snakemake(wf, run, "--report", html, "--configfile", "results/report/config.yaml",
-                  timeout=600)
+        (run / "config.yaml").write_text(yaml.safe_dump({
+            **used, "model": "openai/whisper-small", "limit": None, "devices": ["cpu", "cuda"],
+            "splits": ["test-clean", "test-other"]}, sort_keys=False))
+        plain = snakemake(wf, run, "--report", html, check=False, timeout=600)
+        assert plain.returncode != 0 and not html.exists()
+        recorded_file = run / "results/report/config.yaml"  # relative: to the cwd
+        snakemake(wf, run, "--report", html, "--configfile", recorded_file, timeout=600)
         made = html.read_text()
-        assert "dwer.png" in made and "table1.md" in made
+        assert "dwer.png" in made and "table1.md" in made and "pareto_cpu.png" in made
         assert "noise.png" not in made and "fig1.png" not in made  # test-clean only
+        assert "pareto_cuda" not in made
     finally:
         (run / "config.yaml").write_text(saved)
         html.unlink(missing_ok=True)
