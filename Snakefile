@@ -26,6 +26,19 @@ localrules:
 
 
 rule all:
+    """Every report output of the configured study (results/report/)."""
     input:
         REPORT_FILES,
     default_target: True
+
+
+onsuccess:
+    from whisper_ptq import terminal
+
+    print(terminal.success(rules.report.output.summary, REPORT_FILES))
+
+
+onerror:
+    from whisper_ptq import terminal
+
+    print(terminal.failure(log))

@@ -66,14 +66,6 @@ def report_devices():
     return sorted({j.device for j in STUDY.jobs()})
 
 
-REPORT_FILES = expand(
-    "results/report/{name}",
-    name=["runs.csv", "table1.md", "table1.tex", "fig1.png", "fig1.pdf", "noise.png"]
-    + [f"pareto_{d}.png" for d in report_devices()]
-    + (["sweep.md", "sweep.png"] if STUDY.sweep else []),
-)
-
-
 def calibration_input(wildcards):
     """The calibration split's feature cache, only for entries with static activations."""
     if not STUDY.needs_calibration(wildcards.entry):
@@ -91,9 +83,3 @@ def calibration_args(wildcards, input):
     return (f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
             f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}")
 
-
-def sweep_args(wildcards, output):
-    if not STUDY.sweep:
-        return ""
-    return (f"--sweep {shlex.quote(json.dumps(STUDY.sweep))}"  # parts in config order
-            f" --sweep-md {output.sweep_md} --sweep-png {output.sweep_png}")

@@ -3,6 +3,8 @@ from whisper_ptq.modeling import source_fingerprint
 
 
 rule download:
+    """Fetch one LibriSpeech split archive (URL from `librispeech_url`), check its md5 and
+    extract it atomically."""
     output:
         archive="data/archives/{split}.tar.gz",
         split_dir=directory("data/LibriSpeech/{split}"),
@@ -11,6 +13,8 @@ rule download:
         # the checksum it will check (config md5, or a file:// mirror's md5sum.txt line):
         # an archive replaced with its md5 updated re-runs the download
         md5=lambda wc: known_md5(config["librispeech_url"], wc.split, config["md5"].get(wc.split)),
+    message:
+        "Download {wildcards.split} from {params.base_url}"
     log:
         "logs/download/{split}.log",
     conda:
@@ -22,6 +26,7 @@ rule download:
 
 
 rule model:
+    """Resolve the model source (hub id or local directory) into data/models/<model>."""
     output:
         directory("data/models/{model}"),
     params:
@@ -29,6 +34,8 @@ rule model:
         # a digest of the source's config and weights (whisper_ptq.modeling.source_fingerprint):
         # a directory re-converted in place re-runs the copy
         fingerprint=lambda wc: source_fingerprint(STUDY.models[wc.model]),
+    message:
+        "Model {wildcards.model} from {params.source}"
     log:
         "logs/model/{model}.log",
     conda:
@@ -38,6 +45,8 @@ rule model:
 
 
 rule features:
+    """Log-mel feature cache of one split for one model (noisy splits: noise added to the
+    clean audio first)."""
     input:
         # a noisy derived split (test-clean+white10) is made from its clean split's audio
         split_dir=lambda wc: f"data/LibriSpeech/{noise.base_split(wc.split)}",
@@ -52,6 +61,8 @@ rule features:
         runtime=60,
     conda:
         "../../envs/features.yaml"
+    message:
+        "Features {wildcards.model} / {wildcards.split}"
     shell:
         "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli features --split-dir {input.split_dir}"
         " --model-dir {input.model_dir} --split {wildcards.split}"

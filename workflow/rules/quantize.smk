@@ -1,4 +1,6 @@
 rule quantize:
+    """Quantize the model with one entry's library and scheme into a checkpoint directory
+    plus its quant.json facts (bytes on disk, what stays float)."""
     input:
         unpack(calibration_input),
         model_dir="data/models/{model}",
@@ -15,6 +17,8 @@ rule quantize:
         mem_mb=16000,
         runtime=60,
         cpus_per_task=lambda wc, threads: threads,  # CPU job (SLURM); checkpoints are device-free
+    message:
+        "Quantize {wildcards.model} / {wildcards.entry}"
     log:
         "logs/quantize/{model}/{entry}.log",
     conda:

@@ -101,6 +101,7 @@ def cmd_score(a):
 
 
 def cmd_report(a):
+    from .io import atomic_path
     from .report import build
 
     unsupported = json.loads(a.unsupported) if a.unsupported else []
@@ -108,8 +109,20 @@ def cmd_report(a):
     rows = build(a.scores, unsupported, a.csv, a.md, a.tex, a.png, a.pdf, pareto=pareto,
                  noise_png=a.noise_png, n_resamples=a.bootstrap_resamples, seed=a.seed,
                  sweep=json.loads(a.sweep) if a.sweep else None, sweep_md=a.sweep_md,
-                 sweep_png=a.sweep_png, order=a.order)
+                 sweep_png=a.sweep_png, order=a.order, main_png=a.main_png, summary=a.summary)
+    if a.config_out:  # the run's config, for `snakemake --report ... --configfile <it>`
+        import yaml
+
+        with atomic_path(a.config_out) as tmp:
+            tmp.write_text(yaml.safe_dump(a.config or {}, sort_keys=False))
     print(f"report: {len(rows)} rows")
+
+
+def cmd_replot(a):
+    from .report import replot
+
+    for path in replot(a.runs, a.out):
+        print(path)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,11 +178,17 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument(arg, required=True)
     s.set_defaults(func=cmd_score)
 
-    s = sub.add_parser("report", help="CSV, Table 1 and Fig. 1")
+    s = sub.add_parser("report", help="runs.csv, Table 1, summary and figures")
     s.add_argument("--scores", nargs="*", default=[])
     s.add_argument("--unsupported", default="")
-    for arg in ("--csv", "--md", "--tex", "--png", "--pdf"):
+    for arg in ("--csv", "--md", "--tex"):
         s.add_argument(arg, required=True)
+    s.add_argument("--png", default=None, help="Fig. 1 (test-other − test-clean)")
+    s.add_argument("--pdf", default=None)
+    s.add_argument("--main-png", default=None, help="ΔWER vs fp32 (PDF beside it)")
+    s.add_argument("--summary", default=None, help="compact Table 1 for the terminal")
+    s.add_argument("--config", type=_json, default=None, help="JSON of the run's config")
+    s.add_argument("--config-out", default=None, help="YAML file to record --config in")
     s.add_argument("--pareto", nargs="*", default=[], help="DEVICE=PNG, one per device")
     s.add_argument("--noise-png", default=None, help="WER vs SNR figure")
     s.add_argument("--bootstrap-resamples", type=int, required=True)
@@ -180,6 +199,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--order", type=_json, default=None,
                    help="JSON list of entry names: the tables' row order (default: by name)")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("replot", help="redraw the figures of a runs.csv (no score files needed)")
+    s.add_argument("runs", help="runs.csv")
+    s.add_argument("out", help="output directory")
+    s.set_defaults(func=cmd_replot)
     return p
 
 

@@ -29,11 +29,15 @@ def archive_url(base_url: str, split: str) -> str:
     return f"{base_url.rstrip('/')}/{split}.tar.gz"
 
 
+# ends every "could not reach" error: the way out when there is no network
+OFFLINE_HINT = "offline? see README.md, 'Offline / air-gapped use'"
+
+
 def _open_url(url: str):
     try:
         return urllib.request.urlopen(url, timeout=60)
     except (OSError, ValueError) as e:  # URLError is an OSError
-        raise PipelineError(f"cannot fetch {url}: {e}") from e
+        raise PipelineError(f"cannot fetch {url}: {e} ({OFFLINE_HINT})") from e
 
 
 def fetch_md5sums(base_url: str) -> dict[str, str]:

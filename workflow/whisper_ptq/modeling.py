@@ -137,10 +137,14 @@ def resolve_model(source: str, dest: str | os.PathLike) -> Path:
         else:
             from huggingface_hub import snapshot_download
 
+            from .data import OFFLINE_HINT
+
             try:
                 snapshot_download(source, local_dir=tmp, allow_patterns=list(MODEL_FILES))
-            except Exception as e:
-                raise PipelineError(f"cannot download model {source} from the Hugging Face hub: {e}") from e
+            except Exception as e:  # hub errors span lines; the first names the cause
+                cause = (str(e).strip().splitlines() or [""])[0]
+                raise PipelineError(f"cannot download model {source} from the Hugging Face hub: "
+                                    f"{type(e).__name__}: {cause} ({OFFLINE_HINT})") from e
             check_whisper_config(tmp / "config.json", f"model {source} (Hugging Face hub)")
     return dest
 

@@ -1,0 +1,226 @@
+"""Table 1 (Markdown, LaTeX), the models comparison, the sweep table and the terminal summary,
+all pivots of the tidy runs table (``runs.read_runs``)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .runs import BASELINE
+
+SHORT = {"test-clean": "c", "test-other": "o"}
+MARK = "†"
+KEY = ["model", "device", "entry"]
+
+
+def _fmt(x, digits=2):
+    return "–" if x is None or pd.isna(x) else f"{x:.{digits}f}"
+
+
+def split_order(splits):
+    return sorted(splits, key=lambda s: (s not in SHORT, list(SHORT).index(s) if s in SHORT else 0, s))
+
+
+def plain(df: pd.DataFrame) -> pd.DataFrame:
+    """The LibriSpeech splits' rows and the unsupported rows (noisy splits go elsewhere)."""
+    return df[(df["status"] != "ok") | (df["noise"] == "")]
+
+
+def delta_text(est, lo, hi, sig) -> str:
+    if est is None or pd.isna(est):
+        return "–"
+    return f"{est:+.2f}{MARK if sig else ''} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _ordered_keys(df: pd.DataFrame) -> list[tuple]:
+    """(model, device, entry) in the table's order: groups sorted, fp32 first in each, then
+    the rows' own order (``build``'s ``order``)."""
+    keys = list(dict.fromkeys(map(tuple, df[KEY].itertuples(index=False))))
+    return sorted(keys, key=lambda k: (k[0], k[1], k[2] != BASELINE, keys.index(k)))
+
+
+def cells(df: pd.DataFrame):
+    """(splits, wide): one row per (model, device, entry) with WER/CER/ΔWER per plain split,
+    RTF pooled over them (Σ compute / Σ audio), size reduction; every cell as text."""
+    rows = plain(df)
+    ok = rows[rows["status"] == "ok"]
+    splits = split_order(set(ok["split"]))
+    order = _ordered_keys(rows)
+    index = pd.MultiIndex.from_tuples(order, names=KEY)
+    wide = pd.DataFrame(index=index)
+    if not ok.empty:
+        delta = ok.assign(delta=[
+            "(baseline)" if e == BASELINE else delta_text(*v) for e, v in
+            zip(ok["entry"], ok[["dwer", "dwer_lo", "dwer_hi", "dwer_significant"]].itertuples(index=False))])
+        for col, name in (("wer", "WER"), ("cer", "CER"), ("delta", "ΔWER")):
+            src = delta if col == "delta" else ok
+            pivot = src.pivot_table(index=KEY, columns="split", values=col,
+                                    aggfunc="first", dropna=False)
+            for s in splits:
+                label = f"{name}{SHORT.get(s, s)}" + (" [95 % CI]" if col == "delta" else "")
+                vals = pivot[s].reindex(index) if s in pivot else pd.Series(index=index, dtype=object)
+                wide[label] = [v if col == "delta" and isinstance(v, str) else
+                               (_fmt(v) if col != "delta" else "–") for v in vals]
+        pooled = ok.groupby(KEY, sort=False)[["compute_seconds", "audio_seconds"]].sum()
+        rtf = (pooled["compute_seconds"] / pooled["audio_seconds"]).reindex(index)
+        size = ok.groupby(KEY, sort=False)["size_reduction"].first().reindex(index)
+        wide.insert(2 * len(splits), "RTF", [_fmt(v, 3) for v in rtf])
+        wide.insert(2 * len(splits) + 1, "Size red. %", [_fmt(v, 1) for v in size])
+    status = rows.groupby(KEY, sort=False)["status"].first().reindex(index)
+    wide.loc[(status != "ok").to_numpy(), :] = "unsupported"
+    return splits, wide
+
+
+def legend(df: pd.DataFrame) -> str:
+    ok = df[(df["status"] == "ok") & df["bootstrap_resamples"].notna()]
+    boot = (f"{int(ok['bootstrap_resamples'].iloc[0])} resamples, seed "
+            f"{int(ok['bootstrap_seed'].iloc[0])}" if not ok.empty else "no baseline runs")
+    return ("WER/CER in % after the Whisper English normalizer; RTF = transcription seconds / "
+            "audio seconds (pooled over splits, warm-up excluded); size reduction of the "
+            "checkpoint on disk against fp32. ΔWER = WER − WER of fp32 (same model, device and "
+            "split, same utterances), in points, with a 95 % percentile interval from a paired "
+            f"bootstrap over speakers ({boot}); {MARK} = the interval excludes zero.")
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """Unpadded pipe table: rows diff line by line, and cells stay greppable (``| fp32 |``)."""
+    rows = [list(frame.columns), *frame.astype(str).to_numpy().tolist()]
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join([lines[0], "|" + "---|" * frame.shape[1], *lines[1:]])
+
+
+def markdown_table(df: pd.DataFrame, notes=()) -> str:
+    _, wide = cells(df)
+    lines = []
+    for (model, device), block in wide.groupby(level=["model", "device"], sort=True):
+        block = block.reset_index(level=["model", "device"], drop=True).reset_index()
+        lines += [f"### {model} — {device}", "", _markdown(block.rename(columns={"entry": "Entry"})), ""]
+    models = model_comparison(df)
+    if models:
+        lines += ["### Models compared", "", models, ""]
+    lines.append(legend(df))
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def pooled(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, device, entry) over the plain splits: WER (Σ errors / Σ reference words),
+    RTF (Σ compute / Σ audio), size reduction, library, sweep_of."""
+    ok = plain(df)
+    ok = ok[ok["status"] == "ok"].assign(errors=lambda d: d["sub"] + d["del"] + d["ins"])
+    g = ok.groupby(KEY, sort=False)
+    out = g[["errors", "ref_words", "compute_seconds", "audio_seconds"]].sum()
+    out["wer"] = 100.0 * out["errors"] / out["ref_words"]
+    out["rtf"] = out["compute_seconds"] / out["audio_seconds"]
+    out[["size", "library", "sweep_of"]] = g[["size_reduction", "library", "sweep_of"]].first()
+    return out.reset_index()
+
+
+def model_comparison(df: pd.DataFrame) -> str:
+    """With several models: WER (pooled over the plain splits) per device × entry × model."""
+    ok = df[df["status"] == "ok"]
+    if ok["model"].nunique() < 2:
+        return ""
+    p = pooled(df)
+    wide = p.pivot_table(index=["device", "entry"], columns="model", values=["wer", "size"],
+                         aggfunc="first")
+    models = sorted(p["model"].unique())
+    table = pd.DataFrame({"Device": wide.index.get_level_values(0),
+                          "Entry": wide.index.get_level_values(1)})
+    for m in models:
+        table[f"WER {m}"] = [_fmt(v) for v in wide[("wer", m)]]
+    for m in models:
+        table[f"Size red. % {m}"] = [_fmt(v, 1) for v in wide[("size", m)]]
+    return _markdown(table)
+
+
+def _tex(s) -> str:
+    return (str(s).replace("_", r"\_").replace("%", r"\%").replace("—", "---")
+            .replace("–", "--").replace("Δ", r"$\Delta$").replace(MARK, r"$^\dagger$")
+            .replace("&", r"\&").replace("#", r"\#"))
+
+
+def latex_table(df: pd.DataFrame) -> str:
+    """Table 1 as a booktabs tabular (``\\usepackage{booktabs}``); the first column names
+    model and device on the first row of each block."""
+    _, wide = cells(df)
+    flat = wide.reset_index()
+    block = flat["model"] + " — " + flat["device"]
+    flat.insert(0, "Model — device", block.where(block != block.shift(), ""))
+    flat = flat.drop(columns=["model", "device"]).rename(columns={"entry": "Entry"})
+    flat = flat.map(_tex).rename(columns=_tex)
+    # by hand rather than DataFrame.to_latex, which needs Jinja2 in the env
+    rows = [" & ".join(flat.columns)] + [" & ".join(r) for r in flat.itertuples(index=False)]
+    lines = ([r"\begin{tabular}{ll" + "r" * (flat.shape[1] - 2) + "}", r"\toprule",
+              rows[0] + r" \\", r"\midrule"] + [r + r" \\" for r in rows[1:]]
+             + [r"\bottomrule", r"\end{tabular}", "% " + _tex(legend(df))])
+    return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(df: pd.DataFrame, sweep_entry: str, matrix) -> str:
+    splits, mats = matrix
+    labels = [SHORT.get(s, s) for s in splits]
+    lines = [f"## Sensitivity sweep: {sweep_entry} restricted to one part at a time", ""]
+    for (model, device), rows in mats.items():
+        table = pd.DataFrame({"Part": [part for part, _, _ in rows]})
+        for s, label in zip(splits, labels):
+            table[f"ΔWER{label} [95 % CI]"] = [delta_text(*c[s]) if s in c else "–"
+                                              for _, c, _ in rows]
+        table["Linear size red. %"] = [_fmt(size, 1) for _, _, size in rows]
+        lines += [f"### {model} — {device}", "", _markdown(table), ""]
+    if not mats:
+        lines.append("No sweep runs with an fp32 baseline yet.")
+    n = df.loc[df["sweep_of"] == sweep_entry, "utterances"]
+    lines.append("ΔWER against fp32 (same model, device, split), 95 % paired speaker-bootstrap "
+                 f"interval; {MARK} = excludes zero. 'all' = the scheme on every nn.Linear."
+                 + (f" n = {int(n.max())} utterances per split." if n.notna().any() else ""))
+    return "\n".join(lines) + "\n"
+
+
+def summary(df: pd.DataFrame) -> str:
+    """Compact Table 1 for the terminal: per model/device, entry × split WER and ΔWER
+    [interval], pooled RTF, size reduction."""
+    splits, wide = cells(df)
+    out = []
+    for (model, device), block in wide.groupby(level=["model", "device"], sort=True):
+        block = block.reset_index(level=["model", "device"], drop=True)
+        cols = {}
+        for s in splits:
+            short = SHORT.get(s, s)
+            cols[f"WER{short}"] = block[f"WER{short}"]
+            cols[f"ΔWER{short} [95% CI]"] = block[f"ΔWER{short} [95 % CI]"].replace(
+                "(baseline)", "baseline")
+        cols["RTF"], cols["size%"] = block["RTF"], block["Size red. %"]
+        table = pd.DataFrame(cols).reset_index()
+        table.loc[table["RTF"] == "unsupported", list(cols)[1:]] = ""
+        out += [f"{model} — {device}",
+                table.to_markdown(index=False, tablefmt="simple", disable_numparse=True), ""]
+    return "\n".join(out)
+
+
+def sweep_of_runs(df: pd.DataFrame) -> dict | None:
+    """``Study.sweep`` ({"entry": name, "parts": {part: entry}}) as runs.csv records it."""
+    swept = df[df["sweep_of"] != ""]
+    if swept.empty:
+        return None
+    parts = dict(zip(swept["parts"], swept["entry"]))
+    return {"entry": swept["sweep_of"].iloc[0], "parts": parts}
+
+
+def sweep_matrix(df: pd.DataFrame, sweep: dict):
+    """(splits, {(model, device): [(part, {split: (ΔWER, lo, hi, significant)}, linear size
+    red.)]}) for the sweep's parts, then "all" (the unrestricted entry) when it was run."""
+    order = list(sweep["parts"].items()) + [("all", sweep["entry"])]
+    ok = plain(df)
+    ok = ok[(ok["status"] == "ok") & ok["dwer"].notna()]
+    splits = split_order(set(ok["split"]))
+    out = {}
+    for (model, device), g in ok.groupby(["model", "device"], sort=True):
+        lines = []
+        for part, entry in order:
+            e = g[g["entry"] == entry]
+            if not e.empty:
+                lines.append((part, {r.split: (r.dwer, r.dwer_lo, r.dwer_hi, bool(r.dwer_significant))
+                                     for r in e.itertuples()}, e["linear_size_reduction"].iloc[0]))
+        if lines:
+            out[(model, device)] = lines
+    return splits, out
