@@ -83,7 +83,7 @@ def snakemake(wf: Path, workdir: Path, *args, timeout=1200, check=True, cwd=None
     return proc
 
 
-_JOB = re.compile(r"^(?:local)?rule (\w+):$")
+_JOB = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):$")
 
 
 def parse_jobs(output: str) -> list[tuple]:

@@ -28,7 +28,8 @@ rule model:
         "python -m whisper_ptq.cli model --source {params.source:q} --out {output} > {log} 2>&1"
 
 
-rule features:
+# a checkpoint: its manifest fixes how many transcribe shards a split has (common.smk)
+checkpoint features:
     input:
         # a noisy derived split (test-clean+white10) is made from its clean split's audio
         split_dir=lambda wc: f"data/LibriSpeech/{noise.base_split(wc.split)}",
@@ -40,7 +41,7 @@ rule features:
         "logs/features/{model}/{split}.log",
     resources:
         mem_mb=8000,
-        runtime=60,
+        runtime=lambda wc, attempt: 60 * attempt,  # minutes; more on a retry
     conda:
         "../../envs/features.yaml"
     shell:

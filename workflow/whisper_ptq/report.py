@@ -34,8 +34,10 @@ CSV_FIELDS = [
     "base_split", "noise", "snr_db",
     # the model parts an entry quantizes ("all" or e.g. "encoder.ffn"; whisper_ptq.parts)
     "parts",
-    # where the transcription ran (full provenance: the score JSON)
+    # where the transcription ran (full provenance: the score JSON); mixed_hardware names
+    # the CPU / GPU models when the run's shards did not all run on the same kind
     "git_commit", "git_dirty", "slurm_job_id", "hostname", "cpu_model", "gpu", "loadavg_1m",
+    "shards", "mixed_hardware",
 ]
 
 
