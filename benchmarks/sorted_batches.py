@@ -48,7 +48,8 @@ def main(argv=None):
     p.add_argument("--speed-split", default="test-clean")
     p.add_argument("--speed-limit", type=int, default=64,
                    help="utterances of the speed split timed (speakers round-robin)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="batch size of the WER runs")
+    p.add_argument("--speed-batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("sorted_batches.json"))
@@ -65,9 +66,9 @@ def main(argv=None):
         compute_features(split_dir, a.model, *caches[split], split)
     model, tokenizer = load_fp32(a.model), WhisperTokenizer.from_pretrained(a.model)
 
-    def transcribe(split, sort, limit=None):
-        return run(model, tokenizer, *caches[split], "cpu", decoding, split=split, limit=limit,
-                   threads=threads, progress=False, sort=sort)
+    def transcribe(split, sort, limit=None, batch_size=a.batch_size):
+        return run(model, tokenizer, *caches[split], "cpu", {**decoding, "batch_size": batch_size},
+                   split=split, limit=limit, threads=threads, progress=False, sort=sort)
 
     # speed: paired, interleaved (alternating which order goes first)
     speed = {"loadavg": [], **{arm: [] for arm in ARMS}, "decoder_seconds": {a: [] for a in ARMS},
@@ -75,7 +76,7 @@ def main(argv=None):
     for r in range(a.repeats):
         speed["loadavg"].append(loadavg())
         for arm in (list(ARMS) if r % 2 == 0 else list(ARMS)[::-1]):
-            rows, t = transcribe(a.speed_split, ARMS[arm], a.speed_limit)
+            rows, t = transcribe(a.speed_split, ARMS[arm], a.speed_limit, a.speed_batch_size)
             speed[arm].append(t["compute_seconds"])
             speed["decoder_seconds"][arm].append(t["decoder_seconds"])
             speed["generated_tokens"][arm] = t["generated_tokens"]
@@ -103,6 +104,7 @@ def main(argv=None):
         }
     result = {
         "model": a.model.name, "batch_size": a.batch_size, "threads": threads,
+        "speed_batch_size": a.speed_batch_size,
         "repeats": a.repeats, "speed_split": a.speed_split,
         "speed_utterances": speed["utterances"],
         "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t"),
@@ -110,7 +112,7 @@ def main(argv=None):
         "median_ratio": statistics.median(ratios), "wer": wer,
     }
     a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"speed ({a.speed_split}, {result['speed_utterances']} utts, batch {a.batch_size}, "
+    print(f"speed ({a.speed_split}, {result['speed_utterances']} utts, batch {a.speed_batch_size}, "
           f"{threads} threads): manifest-order / sorted timed seconds per repeat "
           f"{', '.join(f'{x:.3f}' for x in ratios)}; median {result['median_ratio']:.3f}")
     print(f"  sorted {[round(x, 2) for x in speed['sorted']]} s, manifest order "

@@ -175,6 +175,7 @@ def test_default_devices_on_a_cpu_machine_then_slurm_plans_cuda(default_devices_
         assert res["slurm_partition"] == "gpu" and res["gpu"] == "1" and res["gpu_model"] == "h100"
         assert res["cpus_per_gpu"] == "8" and res["cpus_per_task"] == "0"
         assert res["slurm_extra"] == "--exclusive" and res["runtime"] == "240"
+        assert "constraint" not in res  # the EPYC constraint is for CPU jobs only
     assert {j["rule"] for j in planned} == {"transcribe", "score", "report", "all"}
 
     # an explicit cuda on this machine stops before any job, with one line naming it
