@@ -1,8 +1,9 @@
 """`snakemake --profile slurm`: profile resolution, plugin resources, and a real SLURM run.
 
-* From the repository root, `--profile slurm` resolves (./slurm -> profiles/slurm) and gives
-  each job what snakemake-executor-plugin-slurm needs: cuda transcriptions one GPU,
-  cpus_per_gpu and the GPU partition; everything else cpus_per_task and the CPU partition.
+* From the repository root, `--profile slurm` resolves (./slurm -> profiles/slurm), plans the
+  cuda half under `devices: auto` on this GPU-less machine, and gives each job what
+  snakemake-executor-plugin-slurm needs: cpus_per_task, the CPU partition and the EPYC
+  constraint (cuda transcriptions: tests/test_shards.py, once the features checkpoint ran).
 * On a real single-node SLURM (slurmctld + slurmd + slurmdbd on localhost, started by
   scripts/start-slurm.sh; Debian's slurm-wlm), the small real study runs through a variant
   of the profile that only swaps partition, account and the first status-check delay; sacct
@@ -35,7 +36,7 @@ def dry_run_jobs(output: str) -> list[dict]:
     jobs, cur = [], None
     for line in output.splitlines():
         s = line.strip()
-        m = re.match(r"^(?:local)?rule (\w+):$", s)
+        m = re.match(r"^(?:local)?(?:rule|checkpoint) (\w+):$", s)
         if m:
             cur = {"rule": m.group(1), "wildcards": {}, "resources": {}}
             jobs.append(cur)
@@ -50,28 +51,26 @@ def dry_run_jobs(output: str) -> list[dict]:
 def test_profile_slurm_resolves_from_repo_root(tmp_path, tiny_en_dir, mini_dir):
     wf = copy_workflow(tmp_path / "wf")
     # run where a user would: the repository root, with the study's config.yaml there
-    write_config(wf, small_config(tiny_en_dir, mini_dir, devices=["cpu", "cuda"], threads=8))
+    write_config(wf, small_config(tiny_en_dir, mini_dir, devices="auto", threads=8))
     # a dry run caps threads at --cores (1 by default); a real SLURM run does not cap them
     proc = subprocess.run([SNAKEMAKE, "--profile", "slurm", "-n", "--forceall", "--cores", "64"],
                           cwd=wf, env=env(), capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "Using profile slurm" in out
+    # with profiles/default beside the Snakefile Snakemake says "Using profiles slurm and ..."
+    assert re.search(r"Using profiles? slurm\b", out) and "devices: cpu, cuda (auto)" in out
     jobs = dry_run_jobs(out)
-    transcribe = [j for j in jobs if j["rule"] == "transcribe"]
-    assert {j["wildcards"]["device"] for j in transcribe} == {"cpu", "cuda"}
-    for j in jobs:
-        res, dev = j["resources"], j["wildcards"].get("device")
-        if j["rule"] in LOCAL_RULES:
-            continue
+    # transcribe shards are planned once the features checkpoint has run; the score jobs
+    # that gather them are planned now, for both devices
+    assert {j["wildcards"]["device"] for j in jobs if j["rule"] == "score"} == {"cpu", "cuda"}
+    remote = [j for j in jobs if j["rule"] not in LOCAL_RULES]
+    assert {j["rule"] for j in remote} == {"features", "quantize"}
+    for j in remote:
+        res = j["resources"]
         assert res.get("runtime") and res.get("mem_mb"), j
-        if j["rule"] == "transcribe" and dev == "cuda":
-            assert res["slurm_partition"] == "gpu" and res["gpu"] == "1"
-            assert res["cpus_per_gpu"] == "8" and res["cpus_per_task"] == "0"
-        else:
-            assert res["slurm_partition"] == "cpu", j
-            assert res.get("gpu", "0") == "0", j
-        if j["rule"] in ("quantize", "transcribe") and dev != "cuda":
+        assert res["slurm_partition"] == "cpu" and res["constraint"] == "epyc", j
+        assert res.get("gpu", "0") == "0", j
+        if j["rule"] == "quantize":
             assert res["cpus_per_task"] == "8", j
 
 
@@ -133,20 +132,27 @@ def test_profile_variant(tmp_path):
     diff = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
     assert diff <= {"default-resources", "set-resources", "slurm-init-seconds-before-status-checks"}
     da, db = a["default-resources"], b["default-resources"]
-    assert {k for k in set(da) | set(db) if da.get(k) != db.get(k)} == {"slurm_partition", "slurm_account"}
-    assert b["set-resources"] == {"transcribe": {"slurm_partition": "debug"}}
+    assert {k for k in set(da) | set(db) if da.get(k) != db.get(k)} == {
+        "slurm_partition", "slurm_account", "constraint"}
+    assert "constraint" not in db
+    assert b["set-resources"]["transcribe"]["slurm_partition"] == "debug"
+    assert set(b["set-resources"]["transcribe"]) == {"slurm_partition", "gpu_model"}
 
 
 def local_variant(profile_yaml, dest):
-    """profiles/slurm with the local cluster's partition (debug), account (testacct) and
-    `slurm-init-seconds-before-status-checks: 2` (otherwise each job waits 40 s)."""
+    """profiles/slurm with the local cluster's partition (debug), account (testacct), neither
+    node constraint nor --exclusive (the one local node has no features and runs several jobs
+    at once), and `slurm-init-seconds-before-status-checks: 2` (otherwise each job waits 40 s)."""
     prof = yaml.safe_load(profile_yaml.read_text())
     prof = copy.deepcopy(prof)
     prof["default-resources"]["slurm_partition"] = "debug"
     prof["default-resources"]["slurm_account"] = "testacct"
+    prof["default-resources"].pop("constraint", None)
     for rule in prof.get("set-resources", {}).values():
         if "slurm_partition" in rule:
             rule["slurm_partition"] = "debug"
+        rule.pop("constraint", None)
+        rule.pop("slurm_extra", None)
     prof["slurm-init-seconds-before-status-checks"] = 2
     out = dest / "slurm-local"
     out.mkdir(parents=True, exist_ok=True)
@@ -161,11 +167,12 @@ def test_small_study_through_slurm_equals_local_run(slurm_cluster, tmp_path_fact
     wf, ref_run = reference_run(tmp_path_factory, tiny_en_dir, mini_dir)
     run = tmp_path / "run"
     config = yaml.safe_load((ref_run / "config.yaml").read_text())
-    config["only"] = SLURM_ENTRIES
+    config.update(only=SLURM_ENTRIES, shard_size=1)  # 2 utterances: 2 shards per entry
     write_config(run, config)
     planned = [j["rule"] for j in dry_run_jobs(snakemake(wf, run, "-n").stdout)]
-    remote = [r for r in planned if r not in LOCAL_RULES]
-    assert sorted(remote) == sorted(["features"] + ["quantize", "transcribe"] * 2)
+    # the transcribe shards are planned after the features checkpoint has run
+    assert sorted(r for r in planned if r not in LOCAL_RULES) == ["features", "quantize", "quantize"]
+    remote = ["features"] + ["quantize"] * 2 + ["transcribe"] * 2 * 2
 
     profile = local_variant(wf / "profiles/slurm/config.yaml", tmp_path)
     proc = snakemake(wf, run, "--profile", profile, timeout=1500)

@@ -1,8 +1,10 @@
+import functools
 import json
 import shlex
 import os
 import sys
 
+from snakemake.logging import logger
 from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
@@ -10,7 +12,21 @@ PKG = f"{workflow.basedir}/workflow"
 sys.path.insert(0, PKG)
 
 from whisper_ptq import PipelineError, noise, quantizers
-from whisper_ptq.config import Job, Study
+from whisper_ptq.config import Job, Study, cuda_visible
+
+
+def cluster_cuda_nodes():
+    """The SLURM profile's site setting `cuda_nodes` (a default resource, so that it
+    survives a --config on the command line, which replaces a profile's whole config: key)."""
+    res = workflow.resource_settings.default_resources
+    value = res.get("cuda_nodes") if res is not None else None
+    return int(value.raw) if value is not None and value.raw is not None else 0
+
+
+def jobs_see_cuda():
+    """Whether cuda jobs can run: inside a submitted job (it checks its own device), on a
+    cluster with GPU nodes, or on this machine when it sees a CUDA device."""
+    return workflow.remote_exec or cluster_cuda_nodes() > 0 or cuda_visible()
 
 
 # `--config only=` arrives as None, like `only: null` (every entry): it is an empty list
@@ -18,9 +34,12 @@ if "only" in workflow.config_settings.config and workflow.config_settings.config
     config["only"] = ""  # Study refuses it
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 try:
-    STUDY = Study(config)
+    STUDY = Study(config, cuda=jobs_see_cuda())
 except PipelineError as e:
     raise WorkflowError(f"config: {e}") from None
+if not workflow.remote_exec:
+    logger.info(f"devices: {', '.join(STUDY.devices)}"
+                + (" (auto)" if config["devices"] == "auto" else ""))
 
 # Every rule runs `python -m whisper_ptq.cli <step>`. The package is found through
 # PYTHONPATH; `python` is the env's own with --use-conda, and otherwise the interpreter
@@ -38,6 +57,8 @@ wildcard_constraints:
     device="cpu|cuda",
     # a LibriSpeech split or a noisy derived one (test-clean+white10; whisper_ptq.noise)
     split=noise.SPLIT_PATTERN,
+    shard=r"\d+",
+    nshards=r"\d+",
 
 
 def entry_config(wildcards):
@@ -83,3 +104,30 @@ def calibration_args(wildcards, input):
     return (f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
             f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}")
 
+
+@functools.lru_cache(maxsize=None)
+def _utterances(manifest, mtime, limit, calib_n, split):
+    from whisper_ptq.transcribe import excluded_ids, ordered_rows
+    from whisper_ptq.features import load_manifest
+
+    exclude = excluded_ids(manifest, calib_n, split)
+    return len(ordered_rows(load_manifest(manifest), limit, exclude, split))
+
+
+def shard_count(model, split):
+    """Shards of a split: its utterance count is known once the features checkpoint has
+    written the manifest (until then Snakemake plans up to the features jobs)."""
+    from whisper_ptq.transcribe import shard_bounds
+
+    manifest = checkpoints.features.get(model=model, split=split).output.manifest
+    n = _utterances(manifest, os.path.getmtime(manifest), STUDY.limit,
+                    STUDY.calibration_excluded(split), split)
+    return len(shard_bounds(n, STUDY.shard_size))
+
+
+def shard_files(wildcards, suffix):
+    """One file per shard of a run (model × entry × device × split), in shard order."""
+    n = shard_count(wildcards.model, wildcards.split)
+    w = wildcards
+    return [f"results/{w.model}/{w.device}/{w.entry}/{w.split}/shard-{i}of{n}{suffix}"
+            for i in range(n)]

@@ -13,8 +13,6 @@ rule download:
         # the checksum it will check (config md5, or a file:// mirror's md5sum.txt line):
         # an archive replaced with its md5 updated re-runs the download
         md5=lambda wc: known_md5(config["librispeech_url"], wc.split, config["md5"].get(wc.split)),
-    message:
-        "Download {wildcards.split} from {params.base_url}"
     log:
         "logs/download/{split}.log",
     conda:
@@ -34,8 +32,6 @@ rule model:
         # a digest of the source's config and weights (whisper_ptq.modeling.source_fingerprint):
         # a directory re-converted in place re-runs the copy
         fingerprint=lambda wc: source_fingerprint(STUDY.models[wc.model]),
-    message:
-        "Model {wildcards.model} from {params.source}"
     log:
         "logs/model/{model}.log",
     conda:
@@ -44,7 +40,8 @@ rule model:
         "python -m whisper_ptq.cli model --source {params.source:q} --out {output} > {log} 2>&1"
 
 
-rule features:
+# a checkpoint: its manifest fixes how many transcribe shards a split has (common.smk)
+checkpoint features:
     """Log-mel feature cache of one split for one model (noisy splits: noise added to the
     clean audio first)."""
     input:
@@ -58,11 +55,9 @@ rule features:
         "logs/features/{model}/{split}.log",
     resources:
         mem_mb=8000,
-        runtime=60,
+        runtime=lambda wc, attempt: 60 * attempt,  # minutes; more on a retry
     conda:
         "../../envs/features.yaml"
-    message:
-        "Features {wildcards.model} / {wildcards.split}"
     shell:
         "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli features --split-dir {input.split_dir}"
         " --model-dir {input.model_dir} --split {wildcards.split}"

@@ -15,10 +15,8 @@ rule quantize:
     threads: config["threads"]
     resources:
         mem_mb=16000,
-        runtime=60,
+        runtime=lambda wc, attempt: 60 * attempt,  # minutes; more on a retry
         cpus_per_task=lambda wc, threads: threads,  # CPU job (SLURM); checkpoints are device-free
-    message:
-        "Quantize {wildcards.model} / {wildcards.entry}"
     log:
         "logs/quantize/{model}/{entry}.log",
     conda:

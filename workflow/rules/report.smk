@@ -103,8 +103,6 @@ rule report:
         args=REPORT_ARGS,
         order=json.dumps(STUDY.entry_order()),
         run_config=json.dumps(RUN_CONFIG, sort_keys=True, default=str),
-    message:
-        f"Report: tables and figures -> {REPORT_DIR}/"
     shell:
         "python -m whisper_ptq.cli report --scores {input} --unsupported {params.unsupported:q}"
         " --csv {output.csv} --md {output.md} --tex {output.tex} --main-png {output.dwer}"

@@ -5,25 +5,29 @@ rule transcribe:
         features="data/features/{model}/{split}.safetensors",
         manifest="data/features/{model}/{split}.manifest.jsonl",
     output:
-        hyp="results/{model}/{device}/{entry}/{split}.hyp.jsonl",
-        timing="results/{model}/{device}/{entry}/{split}.timing.json",
+        # shard i of n of the split's length-sorted utterance list (common.smk: shard_files)
+        hyp="results/{model}/{device}/{entry}/{split}/shard-{shard}of{nshards}.hyp.jsonl",
+        timing="results/{model}/{device}/{entry}/{split}/shard-{shard}of{nshards}.timing.json",
     params:
         decoding=json.dumps(STUDY.decoding, sort_keys=True),
         timing=json.dumps(STUDY.timing, sort_keys=True),
         limit=STUDY.limit,
         # calibration utterances of this split (if it is the calibration split) are never scored
         calib_n=lambda wc: STUDY.calibration_excluded(wc.split),
+        # one shard covers the whole split whatever shard_size says: no re-run for it
+        shard_size=lambda wc: STUDY.shard_size if int(wc.nshards) > 1 else 0,
     threads: config["threads"]
     resources:
         mem_mb=16000,
-        runtime=240,
+        # minutes; a retry (profile `retries`) after a time-out gets more
+        runtime=lambda wc, attempt: 240 * attempt,
         # snakemake-executor-plugin-slurm: a cuda job asks one GPU + cpus_per_gpu, a cpu job
         # cpus_per_task (0 = unset); partitions per device: profiles/slurm/config.yaml
         gpu=lambda wc: 1 if wc.device == "cuda" else 0,
         cpus_per_gpu=lambda wc, threads: threads if wc.device == "cuda" else 0,
         cpus_per_task=lambda wc, threads: 0 if wc.device == "cuda" else threads,
     log:
-        "logs/transcribe/{model}/{device}/{entry}/{split}.log",
+        "logs/transcribe/{model}/{device}/{entry}/{split}/shard-{shard}of{nshards}.log",
     conda:
         "../../envs/ptq.yaml"
     shell:
@@ -31,22 +35,28 @@ rule transcribe:
         " --model-dir {input.model_dir} --features {input.features}"
         " --manifest {input.manifest} --device {wildcards.device} --split {wildcards.split}"
         " --decoding {params.decoding:q} --timing {params.timing:q} --limit '{params.limit}' --threads {threads}"
-        " --calib-n {params.calib_n}"
+        " --calib-n {params.calib_n} --shard {wildcards.shard} --shards {wildcards.nshards}"
+        " --shard-size {params.shard_size}"
         " --out-hyp {output.hyp} --out-timing {output.timing} > {log} 2>&1"
 
 
 rule score:
     input:
-        hyp="results/{model}/{device}/{entry}/{split}.hyp.jsonl",
-        timing="results/{model}/{device}/{entry}/{split}.timing.json",
+        # every shard of the run (known once the split's features checkpoint has run)
+        hyps=lambda wc: shard_files(wc, ".hyp.jsonl"),
+        timings=lambda wc: shard_files(wc, ".timing.json"),
         meta="results/{model}/checkpoints/{entry}.json",
         fp32_meta="results/{model}/checkpoints/fp32.json",
     output:
-        "results/{model}/{device}/{entry}/{split}.score.json",
+        score="results/{model}/{device}/{entry}/{split}.score.json",
+        # the shards gathered: hypotheses in id order, timing pooled over shards
+        hyp="results/{model}/{device}/{entry}/{split}.hyp.jsonl",
+        timing="results/{model}/{device}/{entry}/{split}.timing.json",
     log:
         "logs/score/{model}/{device}/{entry}/{split}.log",
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m whisper_ptq.cli score --hyp {input.hyp} --timing {input.timing} --meta {input.meta}"
-        " --fp32-meta {input.fp32_meta} --model {wildcards.model} --out {output} > {log} 2>&1"
+        "python -m whisper_ptq.cli score --hyp {input.hyps} --timing {input.timings}"
+        " --meta {input.meta} --fp32-meta {input.fp32_meta} --model {wildcards.model}"
+        " --out {output.score} --out-hyp {output.hyp} --out-timing {output.timing} > {log} 2>&1"

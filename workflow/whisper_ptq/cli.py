@@ -63,30 +63,32 @@ def cmd_quantize(a):
 
 
 def cmd_transcribe(a):
-    from .transcribe import transcribe_checkpoint
+    from .transcribe import excluded_ids, transcribe_checkpoint
 
-    exclude = ()
-    if a.calib_n:  # this split calibrates static-activation entries: never score those
-        from .features import calibration_ids, load_manifest
-
-        exclude = calibration_ids(load_manifest(a.manifest), a.calib_n, a.split)
+    # this split calibrates static-activation entries: never score those
+    exclude = excluded_ids(a.manifest, a.calib_n, a.split)
     t = transcribe_checkpoint(a.checkpoint, a.model_dir, a.features, a.manifest, a.device,
                               a.decoding, a.out_hyp, a.out_timing, limit=a.limit, exclude=exclude,
-                              split=a.split, threads=a.threads,
-                              **a.timing)
-    print(f"{a.split}: {t['utterances']} utterances, RTF {t['rtf']:.4f}")
+                              split=a.split, threads=a.threads, shard=(a.shard, a.shards),
+                              shard_size=a.shard_size, **a.timing)
+    print(f"{a.split} shard {a.shard + 1}/{a.shards}: {t['utterances']} utterances, "
+          f"RTF {t['rtf']:.4f}")
 
 
 def cmd_score(a):
-    from .io import read_json, read_jsonl, write_json
-    from .scoring import score_rows, size_reduction
+    from .io import read_json, read_jsonl, write_json, write_jsonl
+    from .scoring import gather_shards, score_rows, size_reduction
 
-    timing = read_json(a.timing)
-    score = score_rows(read_jsonl(a.hyp))
+    if len(a.hyp) != len(a.timing):
+        raise PipelineError(f"score: {len(a.hyp)} --hyp files but {len(a.timing)} --timing files")
+    hyp, timing = gather_shards([read_jsonl(h) for h in a.hyp], [read_json(t) for t in a.timing])
+    write_jsonl(a.out_hyp, hyp)
+    write_json(a.out_timing, timing)
+    score = score_rows(hyp)
     # score["utterances"] is the per-utterance list; the count goes to n_utterances
     score.update({k: timing[k] for k in ("entry", "split", "device", "facts", "audio_seconds",
                                          "compute_seconds", "rtf", "rtfx", "threads",
-                                         "batch_size")})
+                                         "batch_size", "shards", "mixed_hardware")})
     score["n_utterances"] = timing["utterances"]
     score["model"] = a.model
     meta = read_json(a.meta)
@@ -171,10 +173,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, required=True)
     s.add_argument("--calib-n", type=int, default=0,
                    help="this split calibrates: exclude its first N calibration utterances")
+    s.add_argument("--shard", type=int, default=0, help="which shard (0-based)")
+    s.add_argument("--shards", type=int, default=1, help="how many shards the split has")
+    s.add_argument("--shard-size", type=int, default=0, help="utterances per shard (0: all)")
     s.set_defaults(func=cmd_transcribe)
 
-    s = sub.add_parser("score", help="WER/CER and size reduction of one run")
-    for arg in ("--hyp", "--timing", "--meta", "--fp32-meta", "--model", "--out"):
+    s = sub.add_parser("score", help="gather a run's shards; WER/CER and size reduction")
+    s.add_argument("--hyp", nargs="+", required=True, help="every shard's hypotheses, in order")
+    s.add_argument("--timing", nargs="+", required=True, help="every shard's timing, in order")
+    for arg in ("--meta", "--fp32-meta", "--model", "--out", "--out-hyp", "--out-timing"):
         s.add_argument(arg, required=True)
     s.set_defaults(func=cmd_score)
 

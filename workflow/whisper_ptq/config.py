@@ -8,6 +8,8 @@ library × device support, model directories, the ``only`` filter.
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,35 @@ def validate_schema(config: dict) -> dict:
     return config
 
 
+def cuda_visible() -> bool:
+    """Whether this machine can run CUDA jobs. Cheap where there is no NVIDIA driver: torch
+    (seconds to import) is only asked when the driver's device files exist."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return False
+    if not (os.path.exists("/proc/driver/nvidia") or glob.glob("/dev/nvidia[0-9]*")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_devices(value, cuda: bool) -> list[str]:
+    """The config's `devices` as a list: `auto` = cpu, plus cuda where jobs can use CUDA.
+
+    ``cuda`` says whether the machines the jobs run on have CUDA (this one, or a cluster's
+    GPU nodes); an explicit cuda without it stops here, before any job runs.
+    """
+    if value == "auto":
+        return ["cpu", "cuda"] if cuda else ["cpu"]
+    devices = as_list(value)
+    if "cuda" in devices and not cuda:
+        raise PipelineError(
+            "config 'devices' asks for cuda, but this machine has no CUDA device "
+            "(torch.cuda.is_available() is False); use devices=cpu or devices=auto, or "
+            "submit to a GPU cluster with --profile slurm")
+    return devices
+
+
 @dataclass(frozen=True)
 class Job:
     model: str
@@ -53,7 +84,8 @@ class Job:
 
 
 class Study:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, *, cuda: bool = True):
+        """``cuda``: whether jobs run where CUDA is available (see resolve_devices)."""
         # validated here too (it fills the schema's defaults in place), so a Study made from
         # a hand-written dict has the same defaults as the Snakefile's
         self.config = config = validate_schema(config)
@@ -66,8 +98,9 @@ class Study:
                 raise PipelineError(f"config 'model': two sources share the name {tag!r}")
             self.models[tag] = src
         self.splits = as_list(config["splits"])
-        self.devices = as_list(config["devices"])
+        self.devices = resolve_devices(config["devices"], cuda)
         self.limit = config.get("limit")
+        self.shard_size = config.get("shard_size") or None  # null / 0: one shard per split
         self.decoding = dict(config.get("decoding") or {})
         self.timing = dict(config.get("timing") or {})
         self.threads = config["threads"]
@@ -166,9 +199,9 @@ class Study:
                 if (r := self.unsupported_reason(e, d))]
 
 
-def load_study(path, overrides: dict | None = None) -> Study:
+def load_study(path, overrides: dict | None = None, *, cuda: bool = True) -> Study:
     import yaml
 
     config = yaml.safe_load(Path(path).read_text()) or {}
     config.update(overrides or {})
-    return Study(config)
+    return Study(config, cuda=cuda)

@@ -65,3 +65,71 @@ def size_reduction(meta: dict, fp32_meta: dict) -> dict:
         "size_reduction": 100.0 * (1 - meta["bytes_on_disk"] / fp32_meta["bytes_on_disk"]),
         "linear_size_reduction": 100.0 * (1 - meta["linear_bytes"] / fp32_meta["fp32_linear_bytes"]),
     }
+
+
+# the same in every shard of a run (checked when gathering)
+_SHARED = ("entry", "split", "device", "regime", "batch_size", "threads", "warmup_batches",
+           "sorted_by_length", "facts", "decoding")
+_SUMMED = ("utterances", "audio_seconds", "compute_seconds", "encoder_seconds", "decoder_seconds",
+           "longform_seconds", "generated_tokens", "batches")
+_PEAK = ("peak_rss_mb", "cuda_peak_allocated_mb", "cuda_peak_reserved_mb")
+
+
+def hardware(provenance: dict | None) -> str:
+    """What a timing depends on: CPU model and GPU (not the host name)."""
+    prov = provenance or {}
+    return f"{(prov.get('cpu') or {}).get('model')} / {prov.get('gpu') or 'no GPU'}"
+
+
+def gather_shards(hyps: list[list[dict]], timings: list[dict]) -> tuple[list[dict], dict]:
+    """One run from its shards: hypotheses in id order and the pooled timing.
+
+    RTF pools timed seconds and audio over shards (Σ timed / Σ audio); each shard's host and
+    hardware stay listed under ``shard_runs``, and ``mixed_hardware`` names the hardware when
+    the shards did not all run on the same (their RTFs are then not one machine's).
+    """
+    from . import PipelineError
+
+    first = timings[0]
+    n = first["shard"]["count"]
+    found = sorted(t["shard"]["index"] for t in timings)
+    if found != list(range(n)) or any(t["shard"]["count"] != n for t in timings):
+        raise PipelineError(f"{first['entry']} {first['device']} {first['split']}: shards "
+                            f"{found} given, expected 0..{n - 1} of {n}")
+    for key in _SHARED:
+        if any(t.get(key) != first.get(key) for t in timings):
+            raise PipelineError(f"{first['entry']} {first['device']} {first['split']}: shards "
+                                f"differ in {key!r}; re-run their transcribe jobs")
+    timings = sorted(timings, key=lambda t: t["shard"]["index"])
+    rows = sorted((r for h in hyps for r in h), key=lambda r: r["id"])
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids) or len(ids) != sum(t["utterances"] for t in timings):
+        raise PipelineError(f"{first['entry']} {first['device']} {first['split']}: the shards' "
+                            "hypotheses do not match their timings (duplicate or missing ids)")
+    total = {k: sum(t[k] for t in timings) for k in _SUMMED}
+    peaks = {k: max((t[k] for t in timings if t.get(k) is not None), default=None) for k in _PEAK}
+    kinds = sorted({hardware(t.get("provenance")) for t in timings})
+    timing = {
+        **{k: first.get(k) for k in _SHARED},
+        **total,
+        "tokens_per_second": (total["generated_tokens"] / total["decoder_seconds"]
+                              if total["decoder_seconds"] > 0 else None),
+        "rtf": total["compute_seconds"] / total["audio_seconds"],
+        "rtfx": (total["audio_seconds"] / total["compute_seconds"]
+                 if total["compute_seconds"] > 0 else None),
+        "batch_seconds": [b for t in timings for b in t["batch_seconds"]],
+        **peaks,
+        "order": [uid for t in timings for uid in t["order"]],
+        "shards": n,
+        "mixed_hardware": "; ".join(kinds) if len(kinds) > 1 else None,
+        # the first shard's provenance stands for the run (the report's columns) ...
+        "provenance": first.get("provenance"),
+        # ... and every shard's is kept
+        "shard_runs": [{**t["shard"], "utterances": t["utterances"], "rtf": t["rtf"],
+                        "provenance": t.get("provenance")} for t in timings],
+    }
+    if first.get("regime") == "latency":
+        from .transcribe import latency_stats
+
+        timing.update(latency_stats(timing["batch_seconds"]))
+    return rows, timing

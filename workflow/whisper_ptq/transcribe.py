@@ -16,6 +16,12 @@ Timing protocol (recorded in each ``<split>.timing.json``):
 
 Utterances longer than 30 s are decoded alone with Whisper's sequential long-form decoding;
 their time counts in the total (``longform_seconds``) but not in the encoder/decoder split.
+
+Order and shards: a split's selected utterances (calibration ones excluded, then ``limit``)
+form one list, ≤ 30 s ones longest first (a batch then holds transcripts of similar length,
+so fewer decoder steps go to padding), then the longer ones; every entry and device uses the
+same list, recorded as ``order`` in the timing file. ``shard_size`` cuts it into shards, one
+job each; with a multiple of the batch size every batch equals an unsharded run's.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import statistics
 import time
 
 from . import PipelineError
-from .features import FeatureCache, load_manifest, select
+from .features import FeatureCache, calibration_ids, load_manifest, select
 from .io import write_json, write_jsonl
 from .schema import with_defaults
 
@@ -44,6 +50,30 @@ def generation_kwargs(model, decoding: dict) -> dict:
 
 def model_input_dtype(model):
     return model.model.encoder.conv1.weight.dtype
+
+
+def ordered_rows(rows: list[dict], limit=None, exclude=(), split: str = "",
+                 sort: bool = True) -> list[dict]:
+    """The split's one utterance order (see the module doc); ``sort=False``: select()'s
+    order (the manifest's; id order under a limit), the order before issue 10."""
+    chosen = select(rows, limit, exclude, split)
+    if not sort:
+        return chosen
+    key = lambda r: (-r["duration"], r["id"])  # noqa: E731
+    return (sorted((r for r in chosen if r["n_frames"] <= NB_MAX_FRAMES), key=key)
+            + sorted((r for r in chosen if r["n_frames"] > NB_MAX_FRAMES), key=key))
+
+
+def excluded_ids(manifest_path, calib_n: int, split: str = "") -> list[str]:
+    """The calibration utterances a split leaves out (none unless it calibrates: calib_n > 0)."""
+    return calibration_ids(load_manifest(manifest_path), calib_n, split) if calib_n else []
+
+
+def shard_bounds(n_rows: int, shard_size: int | None) -> list[tuple[int, int]]:
+    """[start, stop) of each shard of an ordered list; no size (or ≥ n_rows): one shard."""
+    if not shard_size or shard_size >= n_rows:
+        return [(0, n_rows)]
+    return [(i, min(i + shard_size, n_rows)) for i in range(0, n_rows, shard_size)]
 
 
 def make_batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
@@ -124,14 +154,24 @@ def memory_stats(device: str) -> dict:
 
 
 def run(model, tokenizer, features_path, manifest_path, device, decoding, *, limit=None,
-        exclude=(), split="", threads=None, regime="throughput", warmup_batches=1, progress=True):
-    """Transcribe a split; return (hypothesis rows, timing dict)."""
+        exclude=(), split="", threads=None, regime="throughput", warmup_batches=1, progress=True,
+        shard=(0, 1), shard_size=None, sort=True):
+    """Transcribe shard ``shard = (index, count)`` of a split (``shard_size`` utterances each);
+    return (hypothesis rows, timing dict)."""
     import torch
     from tqdm import tqdm
 
     if regime not in REGIMES:
         raise PipelineError(f"unknown timing regime {regime!r}; expected one of {REGIMES}")
-    rows = select(load_manifest(manifest_path), limit, exclude, split)
+    rows = ordered_rows(load_manifest(manifest_path), limit, exclude, split, sort)
+    bounds = shard_bounds(len(rows), shard_size)
+    index, count = shard
+    if count != len(bounds) or not 0 <= index < count:
+        raise PipelineError(
+            f"split {split}: shard {index} of {count} asked, but {len(rows)} utterances in "
+            f"shards of {shard_size or 'all'} make {len(bounds)} shard(s); re-plan with snakemake")
+    start, stop = bounds[index]
+    rows = rows[start:stop]
     cache = FeatureCache(features_path)
     batch_size = 1 if regime == "latency" else int(with_defaults("decoding", decoding)["batch_size"])
     batches = make_batches(rows, batch_size)
@@ -171,17 +211,26 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         "warmup_batches": min(warmup_batches, len(batches)),
         "threads": threads if threads is not None else torch.get_num_threads(),
         **memory_stats(device),
+        "shard": {"index": index, "count": count, "start": start, "stop": stop,
+                  "size": shard_size or None},
+        "sorted_by_length": sort,
+        "order": [r["id"] for r in rows],  # the order transcribed (batches are cut from it)
     }
     if regime == "latency":
-        lat = sorted(p["total"] for p in parts)
-        timing["latency_p50_s"] = statistics.median(lat)
-        timing["latency_p90_s"] = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
+        timing.update(latency_stats(timing["batch_seconds"]))
     return out_rows, timing
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    """p50 / p90 of per-utterance latencies (batch 1: one batch per utterance)."""
+    lat = sorted(seconds)
+    return {"latency_p50_s": statistics.median(lat),
+            "latency_p90_s": lat[min(len(lat) - 1, int(0.9 * len(lat)))]}
 
 
 def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, device, decoding,
                           out_hyp, out_timing, *, threads, limit=None, exclude=(), split="",
-                          regime="throughput", warmup_batches=1):
+                          regime="throughput", warmup_batches=1, shard=(0, 1), shard_size=None):
     from transformers import WhisperTokenizer
 
     from . import provenance
@@ -194,7 +243,8 @@ def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, dev
     tokenizer = WhisperTokenizer.from_pretrained(model_dir)
     rows, timing = run(model, tokenizer, features_path, manifest_path, device, decoding,
                        limit=limit, exclude=exclude, split=split, threads=threads,
-                       regime=regime, warmup_batches=warmup_batches)
+                       regime=regime, warmup_batches=warmup_batches, shard=shard,
+                       shard_size=shard_size)
     if not rows:
         raise PipelineError(f"split {split}: nothing was transcribed")
     timing.update({"entry": meta["entry"], "split": split, "facts": meta["facts"],

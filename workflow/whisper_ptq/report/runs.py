@@ -38,13 +38,16 @@ CSV_FIELDS = [
     "parts",
     # the entry a sensitivity-sweep entry restricts (config `sweep:`), else empty
     "sweep_of",
-    # where the transcription ran (full provenance: the score JSON)
+    # where the transcription ran (full provenance: the score JSON); mixed_hardware names
+    # the CPU / GPU models when the run's shards did not all run on the same kind
     "git_commit", "git_dirty", "slurm_job_id", "hostname", "cpu_model", "gpu", "loadavg_1m",
+    "shards", "mixed_hardware",
 ]
 BOOL_FIELDS = ("dwer_significant", "dcer_significant", "symmetric", "git_dirty")
 TEXT_FIELDS = ("model", "entry", "device", "split", "status", "library", "weights",
                "activations", "act_mode", "granularity", "unquantized", "base_split", "noise",
-               "parts", "sweep_of", "git_commit", "slurm_job_id", "hostname", "cpu_model", "gpu")
+               "parts", "sweep_of", "git_commit", "slurm_job_id", "hostname", "cpu_model", "gpu",
+               "mixed_hardware")
 
 
 def row_from_score(score: dict) -> dict:

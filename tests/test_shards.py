@@ -1,0 +1,267 @@
+"""Devices that fit the machine, length-sorted order, shards (scatter–gather).
+
+* `devices: auto` is cpu (+ cuda where jobs can use CUDA); an explicit cuda without CUDA
+  stops validation with one line.
+* A split's utterances form one ordered list (longest first, > 30 s last) that shards cut;
+  scoring gathers the shards (RTF pooled, hardware of every shard kept, mixed flagged).
+* Real runs (slow): the README's mini command with default devices on this GPU-less
+  machine exits 0 and plans no cuda job, `--profile slurm -n` then plans the cuda half; a
+  sharded run equals an unsharded one, and a shard killed mid-run is the only one redone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from whisper_ptq import PipelineError
+from whisper_ptq.config import cuda_visible, resolve_devices
+from whisper_ptq.scoring import gather_shards
+from whisper_ptq.transcribe import NB_MAX_FRAMES, make_batches, ordered_rows, shard_bounds
+
+from pipeline_run import (REPO, copy_workflow, env, results, snakemake, snakemake_cmd,
+                          write_config, small_config)
+from test_slurm import dry_run_jobs
+
+
+def rows(durations):
+    return [{"id": f"s{i % 3}-{i:03d}", "speaker": f"s{i % 3}", "duration": d, "reference": "x",
+             "n_frames": min(int(d * 100), NB_MAX_FRAMES) if d <= 30 else int(d * 100)}
+            for i, d in enumerate(durations)]
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+def test_devices_auto_and_explicit_cuda():
+    assert resolve_devices("auto", cuda=False) == ["cpu"]
+    assert resolve_devices("auto", cuda=True) == ["cpu", "cuda"]
+    assert resolve_devices("cpu,cuda", cuda=True) == ["cpu", "cuda"]
+    assert resolve_devices(["cpu"], cuda=False) == ["cpu"]
+    with pytest.raises(PipelineError, match="asks for cuda, but this machine has no CUDA"):
+        resolve_devices(["cpu", "cuda"], cuda=False)
+
+
+def test_cuda_visible_respects_an_empty_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert cuda_visible() is False
+
+
+# --- order and shards --------------------------------------------------------------------------
+
+def test_order_is_longest_first_with_long_form_last():
+    r = rows([3.0, 12.5, 7.0, 35.0, 12.5, 1.0, 31.0])
+    order = ordered_rows(r, split="x")
+    durations = [u["duration"] for u in order]
+    assert durations == [12.5, 12.5, 7.0, 3.0, 1.0, 35.0, 31.0]
+    ties = [u["id"] for u in order if u["duration"] == 12.5]
+    assert ties == sorted(ties)  # equal durations in id order: one order on every machine
+    # limit and exclusion choose the utterances first (speakers round-robin), then the sort
+    chosen = ordered_rows(r, limit=4, exclude=[r[1]["id"]], split="x")
+    assert {u["id"] for u in chosen} == {u["id"] for u in ordered_rows(r, 4, [r[1]["id"]], "x",
+                                                                       sort=False)}
+    assert r[1]["id"] not in {u["id"] for u in chosen} and len(chosen) == 4
+    assert [u["id"] for u in ordered_rows(r, sort=False)] == [u["id"] for u in r]  # manifest order
+
+
+def test_shard_bounds_cut_the_list():
+    assert shard_bounds(10, None) == shard_bounds(10, 0) == shard_bounds(10, 10) == [(0, 10)]
+    assert shard_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert len(shard_bounds(2620, 512)) == math.ceil(2620 / 512)
+
+
+def test_shards_a_multiple_of_the_batch_size_keep_every_batch():
+    order = ordered_rows(rows([float(d % 29 + 1) for d in range(37)] + [40.0, 33.0]), split="x")
+    whole = make_batches(order, 4)
+    sharded = [b for lo, hi in shard_bounds(len(order), 8) for b in make_batches(order[lo:hi], 4)]
+    key = lambda bs: sorted(tuple(u["id"] for u in b) for b in bs)  # noqa: E731
+    assert key(sharded) == key(whole)
+    # not a multiple: the batches differ (the README says so)
+    sharded6 = [b for lo, hi in shard_bounds(len(order), 6) for b in make_batches(order[lo:hi], 4)]
+    assert key(sharded6) != key(whole)
+
+
+def shard_timing(index, count, ids, seconds, audio, cpu="EPYC 9654", gpu=None, host="n1"):
+    return {"entry": "fp32", "split": "test-clean", "device": "cpu", "regime": "throughput",
+            "batch_size": 2, "threads": 1, "warmup_batches": 1, "sorted_by_length": True,
+            "facts": {}, "decoding": {"batch_size": 2}, "utterances": len(ids),
+            "audio_seconds": audio, "compute_seconds": seconds, "encoder_seconds": seconds / 2,
+            "decoder_seconds": seconds / 2, "longform_seconds": 0.0, "generated_tokens": 10,
+            "batches": 1, "batch_seconds": [seconds], "peak_rss_mb": 100.0 + index,
+            "cuda_peak_allocated_mb": None, "cuda_peak_reserved_mb": None, "rtf": seconds / audio,
+            "shard": {"index": index, "count": count, "start": 0, "stop": len(ids), "size": 2},
+            "order": ids, "provenance": {"hostname": host, "cpu": {"model": cpu}, "gpu": gpu}}
+
+
+def hyp(ids):
+    return [{"id": i, "speaker": "s", "duration": 1.0, "reference": "a", "hypothesis": "a"}
+            for i in ids]
+
+
+def test_gather_pools_rtf_and_flags_mixed_hardware():
+    t0 = shard_timing(0, 2, ["b", "d"], 2.0, 10.0)
+    t1 = shard_timing(1, 2, ["a", "c"], 1.0, 30.0, host="n2")
+    got, timing = gather_shards([hyp(["a", "c"]), hyp(["b", "d"])], [t1, t0])
+    assert [r["id"] for r in got] == ["a", "b", "c", "d"]
+    assert timing["rtf"] == pytest.approx(3.0 / 40.0)  # Σ timed / Σ audio, not a mean of RTFs
+    assert timing["order"] == ["b", "d", "a", "c"] and timing["shards"] == 2
+    assert timing["peak_rss_mb"] == 101.0
+    assert [s["provenance"]["hostname"] for s in timing["shard_runs"]] == ["n1", "n2"]
+    assert timing["mixed_hardware"] is None  # two hosts, one kind of machine
+    t1 = shard_timing(1, 2, ["a", "c"], 1.0, 30.0, cpu="Xeon 8480")
+    _, timing = gather_shards([hyp(["b", "d"]), hyp(["a", "c"])], [t0, t1])
+    assert "EPYC 9654" in timing["mixed_hardware"] and "Xeon 8480" in timing["mixed_hardware"]
+
+
+def test_gather_refuses_missing_or_inconsistent_shards():
+    t0 = shard_timing(0, 2, ["a"], 1.0, 5.0)
+    with pytest.raises(PipelineError, match="expected 0..1 of 2"):
+        gather_shards([hyp(["a"])], [t0])
+    t1 = shard_timing(1, 2, ["b"], 1.0, 5.0)
+    t1["batch_size"] = 4
+    with pytest.raises(PipelineError, match="differ in 'batch_size'"):
+        gather_shards([hyp(["a"]), hyp(["b"])], [t0, t1])
+    t1 = shard_timing(1, 2, ["a"], 1.0, 5.0)
+    with pytest.raises(PipelineError, match="duplicate or missing"):
+        gather_shards([hyp(["a"]), hyp(["a"])], [t0, t1])
+
+
+# --- real runs ---------------------------------------------------------------------------------
+
+def readme_args(tiny_en_dir, mini_dir, *extra):
+    """The README's quick mini run: config.yaml + the offline-mini overlay, tiny.en, 8 utts."""
+    return ["--configfile", "config.yaml", "examples/offline-mini.yaml", "--config",
+            f"model={tiny_en_dir}", f"librispeech_url={mini_dir.as_uri()}", "limit=8",
+            "only=fp32", *extra]
+
+
+@pytest.fixture(scope="module")
+def default_devices_run(tmp_path_factory, tiny_en_dir, mini_dir):
+    """The README command run from a workflow copy's root with default devices."""
+    if cuda_visible():
+        pytest.skip("this machine has CUDA: devices auto plans cuda jobs here")
+    wf = copy_workflow(tmp_path_factory.mktemp("auto") / "wf")
+    shutil.copy2(REPO / "config.yaml", wf / "config.yaml")
+    shutil.copytree(REPO / "examples", wf / "examples")
+    proc = snakemake(wf, wf, "--cores", "2", *readme_args(tiny_en_dir, mini_dir))
+    return wf, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_default_devices_on_a_cpu_machine_then_slurm_plans_cuda(default_devices_run, tiny_en_dir,
+                                                                  mini_dir):
+    wf, log = default_devices_run
+    assert "devices: cpu (auto)" in log
+    jobs = dry_run_jobs(log)
+    assert {j["wildcards"].get("device") for j in jobs} - {None} == {"cpu"}
+    assert {p.name for p in (wf / "results/tiny.en").iterdir()} == {"checkpoints", "cpu"}
+
+    # the same command through the SLURM profile (a GPU-less login node): the cuda half
+    proc = snakemake(wf, wf, "--profile", "slurm", "-n", "--cores", "64",
+                     *readme_args(tiny_en_dir, mini_dir), cwd=wf)
+    planned = dry_run_jobs(proc.stdout + proc.stderr)
+    transcribe = [j for j in planned if j["rule"] == "transcribe"]
+    assert {j["wildcards"]["device"] for j in transcribe} == {"cuda"}
+    assert {j["wildcards"]["split"] for j in transcribe} == {"test-clean", "test-other"}
+    for j in transcribe:
+        res = j["resources"]
+        assert res["slurm_partition"] == "gpu" and res["gpu"] == "1" and res["gpu_model"] == "h100"
+        assert res["cpus_per_gpu"] == "8" and res["cpus_per_task"] == "0"
+        assert res["slurm_extra"] == "--exclusive" and res["runtime"] == "240"
+        assert "constraint" not in res  # the EPYC constraint is for CPU jobs only
+    assert {j["rule"] for j in planned} == {"transcribe", "score", "report", "all"}
+
+    # an explicit cuda on this machine stops before any job, with one line naming it
+    bad = snakemake(wf, wf, "-n", *readme_args(tiny_en_dir, mini_dir, "devices=cuda"),
+                    check=False)
+    out = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "rule " not in out
+    assert "config 'devices' asks for cuda, but this machine has no CUDA device" in out
+
+
+def transcribe_pids(run: Path) -> dict[int, list[str]]:
+    out = {}
+    for p in Path("/proc").iterdir():
+        try:
+            argv = (p / "cmdline").read_bytes().decode().split("\0")
+            if "whisper_ptq.cli" in argv and "transcribe" in argv \
+                    and os.readlink(p / "cwd") == str(run):
+                out[int(p.name)] = argv
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def kill_during_second_shard(wf, run, timeout=600):
+    """Run with one core until one shard is done and another is transcribing; SIGKILL all."""
+    proc = subprocess.Popen(snakemake_cmd(wf, run, "--cores", "1"), cwd=wf, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before a second shard was caught"
+            done = list(run.glob("results/*/cpu/fp32/test-clean/shard-*.timing.json"))
+            for argv in transcribe_pids(run).values():
+                target = run / argv[argv.index("--out-timing") + 1]
+                if done and not target.exists():
+                    time.sleep(1.0)  # let it get into transcription
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=30)
+                    return done, target
+            time.sleep(0.05)
+        raise AssertionError("no second shard within the timeout")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for _ in range(100):
+            if not transcribe_pids(run):
+                break
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_sharded_run_equals_unsharded_and_a_killed_shard_is_redone_alone(
+        default_devices_run, tmp_path, tiny_en_dir, mini_dir):
+    wf, _ = default_devices_run
+    cfg = dict(limit=8, only=["fp32"], calibration={"split": "test-clean", "n": 16},
+               decoding={"batch_size": 2, "language": "en", "task": "transcribe",
+                         "max_new_tokens": 440})
+    runs = {}
+    for name, shard_size in (("whole", None), ("sharded", 4)):
+        run = tmp_path / name
+        write_config(run, small_config(tiny_en_dir, mini_dir, shard_size=shard_size, **cfg))
+        # archive, model and features of the first run: this test is about transcription
+        subprocess.run(["cp", "-a", str(wf / "data"), str(run / "data")], check=True)
+        runs[name] = run
+    snakemake(wf, runs["whole"], "--cores", "2")
+
+    run = runs["sharded"]
+    done, killed = kill_during_second_shard(wf, run)
+    assert len(done) == 1 and not killed.exists()
+    snakemake(wf, run, "--unlock")
+    plan = dry_run_jobs(snakemake(wf, run, "-n").stdout)
+    redo = [j for j in plan if j["rule"] == "transcribe"]
+    assert len(redo) == 1 and f"shard-{redo[0]['wildcards']['shard']}of2" in killed.name
+    assert "quantize" not in {j["rule"] for j in plan}
+    snakemake(wf, run, "--cores", "2")
+
+    got, want = results(run), results(runs["whole"])
+    assert set(got) == {("fp32", "cpu", "test-clean")}
+    assert got == want, "a sharded run differs from the unsharded one"
+    timing = json.loads((run / "results/tiny.en/cpu/fp32/test-clean.timing.json").read_text())
+    whole = json.loads((runs["whole"] / "results/tiny.en/cpu/fp32/test-clean.timing.json")
+                       .read_text())
+    assert timing["shards"] == 2 and whole["shards"] == 1
+    assert timing["order"] == whole["order"] and len(timing["order"]) == 8
+    assert timing["audio_seconds"] == pytest.approx(whole["audio_seconds"])
+    assert len({s["provenance"]["hostname"] for s in timing["shard_runs"]}) == 1
+    assert timing["mixed_hardware"] is None
