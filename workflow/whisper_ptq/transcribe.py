@@ -104,6 +104,12 @@ class Transcriber:
         return texts, timing
 
 
+def make_transcriber(model, tokenizer, device: str, decoding: dict):
+    """Transformers' Transcriber, or a runtime model's own (CTranslate2: quantizers.ct2)."""
+    own = getattr(model, "transcriber", None)
+    return own(tokenizer, device, decoding) if own else Transcriber(model, tokenizer, device, decoding)
+
+
 def cuda_memory_reset(device: str) -> None:
     if device == "cuda":
         import torch
@@ -133,7 +139,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     cache = FeatureCache(features_path)
     batch_size = 1 if regime == "latency" else int(decoding.get("batch_size", 16))
     batches = make_batches(rows, batch_size)
-    transcriber = Transcriber(model, tokenizer, device, decoding)
+    transcriber = make_transcriber(model, tokenizer, device, decoding)
 
     def stack(batch):
         return torch.stack([cache.get(r["id"]) for r in batch])
@@ -196,7 +202,8 @@ def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, dev
     if not rows:
         raise PipelineError(f"split {split}: nothing was transcribed")
     timing.update({"entry": meta["entry"], "split": split, "facts": meta["facts"],
-                   "decoding": decoding, "provenance": provenance.collect(threads)})
+                   "decoding": decoding, "provenance": provenance.collect(threads),
+                   "runtime": getattr(model, "runtime_info", None)})  # a non-torch runtime's threads
     write_jsonl(out_hyp, rows)
     write_json(out_timing, timing)
     return timing
