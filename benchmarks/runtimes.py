@@ -3,8 +3,8 @@ against fp32 and torch-int8-dyn, through the pipeline's own checkpoint and trans
 
 Every entry is quantized and loaded once (``save_checkpoint`` / ``load_checkpoint``), then
 each repeat transcribes the same utterances with every entry in a rotated order (so load
-changes hit all entries alike); each entry's ``run()`` does its untimed warm-up batch first
-(where torch.compile compiles). Reported per entry: WER, RTF, encoder / decoder seconds, and
+changes hit all entries alike); in the first repeat each entry's ``run()`` does its untimed
+warm-up batch first (where torch.compile compiles). Reported per entry: WER, RTF, encoder / decoder seconds, and
 the paired ratio entry time / fp32 time of the same repeat (median, min, max), with
 /proc/loadavg before each repeat. ct2-fp32's hypotheses are compared with fp32's one by one.
 
@@ -85,8 +85,10 @@ def main(argv=None):
         loads.append(loadavg())
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
+            # warm-up (untimed; torch.compile compiles there) in the first repeat only
             rows, timing = run(models[name], tokenizer, features, manifest, "cpu", decoding,
-                               limit=a.utterances, split=a.split, threads=threads, progress=False)
+                               limit=a.utterances, split=a.split, threads=threads,
+                               warmup_batches=1 if r == 0 else 0, progress=False)
             samples[name].append({k: timing[k] for k in ("compute_seconds", "encoder_seconds",
                                                          "decoder_seconds", "rtf")})
             texts.setdefault(name, rows)
