@@ -15,7 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "accelerate", "optimum-quanto", "hqq", "bitsandbytes",
-            "ctranslate2", "torchao", "safetensors", "numpy", "jiwer", "whisper-normalizer", "snakemake")
+            "ctranslate2", "torchao", "safetensors", "numpy", "jiwer", "whisper-normalizer",
+            "snakemake")
 
 # config `library:` value -> the distribution whose version is that library's version
 LIBRARY_PACKAGES = {"fp": "torch", "torch": "torch", "quanto": "optimum-quanto", "hqq": "hqq",

@@ -107,7 +107,9 @@ class Transcriber:
 def make_transcriber(model, tokenizer, device: str, decoding: dict):
     """Transformers' Transcriber, or a runtime model's own (CTranslate2: quantizers.ct2)."""
     own = getattr(model, "transcriber", None)
-    return own(tokenizer, device, decoding) if own else Transcriber(model, tokenizer, device, decoding)
+    if own:
+        return own(tokenizer, device, decoding)
+    return Transcriber(model, tokenizer, device, decoding)
 
 
 def cuda_memory_reset(device: str) -> None:
@@ -203,7 +205,8 @@ def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, dev
         raise PipelineError(f"split {split}: nothing was transcribed")
     timing.update({"entry": meta["entry"], "split": split, "facts": meta["facts"],
                    "decoding": decoding, "provenance": provenance.collect(threads),
-                   "runtime": getattr(model, "runtime_info", None)})  # a non-torch runtime's threads
+                   # a non-torch runtime's own threads and compute type (CTranslate2)
+                   "runtime": getattr(model, "runtime_info", None)})
     write_jsonl(out_hyp, rows)
     write_json(out_timing, timing)
     return timing
