@@ -72,18 +72,18 @@ def _facts(scheme: str) -> dict:
 @functools.lru_cache(maxsize=None)
 def supported_types(device: str) -> tuple[frozenset, str | None]:
     """(compute types CTranslate2 offers on ``device`` here, why it could not ask or None)."""
-    import ctranslate2
-
     try:
+        import ctranslate2
+
         return frozenset(ctranslate2.get_supported_compute_types(device)), None
-    except (RuntimeError, ValueError) as e:  # no CUDA driver/device on this host
+    except (ImportError, RuntimeError, ValueError) as e:  # no CUDA driver/device on this host
         return frozenset(), f"{type(e).__name__}: {e}"
 
 
 def _version() -> str:
-    import ctranslate2
+    from importlib import metadata
 
-    return ctranslate2.__version__
+    return metadata.version("ctranslate2")
 
 
 class CTranslate2(Quantizer):
