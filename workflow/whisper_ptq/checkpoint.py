@@ -45,7 +45,7 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
         "quantize_seconds": seconds,
         # versions, CPU/GPU, threads, git commit, SLURM job of this quantization
         "provenance": provenance.collect(library=entry["library"]),
-        "linear_bytes": linear_bytes(qmodel, names),
+        "linear_bytes": q.linear_bytes(qmodel, names),
         "fp32_linear_bytes": fp32_linear,
         "calibration_batches": len(calibration or []),
         # which utterances calibrated it (split, n, ids): with the checkpoint, not beside it

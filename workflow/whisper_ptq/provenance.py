@@ -15,11 +15,12 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "accelerate", "optimum-quanto", "hqq", "bitsandbytes",
-            "safetensors", "numpy", "jiwer", "whisper-normalizer", "snakemake")
+            "ctranslate2", "torchao", "safetensors", "numpy", "jiwer", "whisper-normalizer",
+            "snakemake")
 
 # config `library:` value -> the distribution whose version is that library's version
 LIBRARY_PACKAGES = {"fp": "torch", "torch": "torch", "quanto": "optimum-quanto", "hqq": "hqq",
-                    "bnb": "bitsandbytes"}
+                    "bnb": "bitsandbytes", "ct2": "ctranslate2", "torchao": "torchao"}
 
 # CPU features that decide which int8 / bf16 kernels the libraries can use
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",

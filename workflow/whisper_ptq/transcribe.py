@@ -136,6 +136,14 @@ class Transcriber:
         return texts, timing
 
 
+def make_transcriber(model, tokenizer, device: str, decoding: dict):
+    """Transformers' Transcriber, or a runtime model's own (CTranslate2: quantizers.ct2)."""
+    own = getattr(model, "transcriber", None)
+    if own:
+        return own(tokenizer, device, decoding)
+    return Transcriber(model, tokenizer, device, decoding)
+
+
 def cuda_memory_reset(device: str) -> None:
     if device == "cuda":
         import torch
@@ -175,7 +183,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     cache = FeatureCache(features_path)
     batch_size = 1 if regime == "latency" else int(with_defaults("decoding", decoding)["batch_size"])
     batches = make_batches(rows, batch_size)
-    transcriber = Transcriber(model, tokenizer, device, decoding)
+    transcriber = make_transcriber(model, tokenizer, device, decoding)
 
     def stack(batch):
         return torch.stack([cache.get(r["id"]) for r in batch])
@@ -248,7 +256,9 @@ def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, dev
     if not rows:
         raise PipelineError(f"split {split}: nothing was transcribed")
     timing.update({"entry": meta["entry"], "split": split, "facts": meta["facts"],
-                   "decoding": decoding, "provenance": provenance.collect(threads)})
+                   "decoding": decoding, "provenance": provenance.collect(threads),
+                   # a non-torch runtime's own threads and compute type (CTranslate2)
+                   "runtime": getattr(model, "runtime_info", None)})
     write_jsonl(out_hyp, rows)
     write_json(out_timing, timing)
     return timing

@@ -18,6 +18,8 @@ LIBRARIES = {
     "quanto": "quanto",
     "hqq": "hqq",
     "bnb": "bnb",
+    "ct2": "ct2",
+    "torchao": "torchao",
 }
 
 

@@ -8,6 +8,12 @@ handled by the Quantizer of its library:
 * ``describe(entry)`` → the scheme facts that go into every result row.
 * ``quantize(model, entry, calibration)`` → the quantized model (in memory, on CPU).
 * ``save(model, entry, out_dir)`` / ``load(ckpt_dir, model_dir, entry, device)``.
+* ``linear_bytes(model, names)`` → bytes of the quantized nn.Linear layers (a runtime whose
+  ``quantize`` returns no torch module, CTranslate2, counts its own).
+
+``load`` may return a non-transformers model (a runtime): it then has a
+``transcriber(tokenizer, device, decoding)`` method giving what ``transcribe.Transcriber``
+gives, and a ``runtime_info`` dict recorded with the timings.
 
 Two entry forms restrict or mix schemes (libraries opt in with ``supports_parts`` /
 ``supports_recipe``):
@@ -153,6 +159,10 @@ class Quantizer:
 
     def load(self, ckpt_dir, model_dir, entry: dict, device: str):
         raise NotImplementedError
+
+    def linear_bytes(self, model, names: list[str]) -> int:
+        """Bytes of the quantized model's originally-nn.Linear layers (README: size)."""
+        return linear_bytes(model, names)
 
     def needs_calibration(self, entry: dict) -> bool:
         return False

@@ -1,0 +1,141 @@
+"""CTranslate2 runtime: conversion, checkpoint sizes, support rows, errors (tiny random model),
+then real tiny.en and base against transformers fp32 (slow)."""
+
+import ctranslate2
+import pytest
+import torch
+from quant_roundtrip import FEATS
+from test_quant_real import N_SCORED, real_cache  # noqa: F401  (the real tiny.en feature cache)
+
+from whisper_ptq import PipelineError
+from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
+from whisper_ptq.features import FeatureCache
+from whisper_ptq.modeling import load_fp32
+from whisper_ptq.quantizers import get
+from whisper_ptq.quantizers.ct2 import longform
+
+CPU_TYPES = ctranslate2.get_supported_compute_types("cpu")
+
+
+def entry(scheme):
+    return get("ct2").validate(f"ct2-{scheme}", {"library": "ct2", "scheme": scheme})
+
+
+def transcribe(ckpt, model_dir, feats, decoding=None):
+    from transformers import WhisperTokenizer
+
+    from whisper_ptq.transcribe import make_transcriber
+
+    model, _ = load_checkpoint(ckpt, model_dir, "cpu")
+    run = make_transcriber(model, WhisperTokenizer.from_pretrained(model_dir), "cpu",
+                           decoding or {"max_new_tokens": 40})
+    return run(feats), model
+
+
+def test_checkpoint_is_the_converted_model_with_its_sizes(random_model_dir, tmp_path):
+    metas = {s: save_checkpoint(s, entry(s), random_model_dir, tmp_path / s)
+             for s in ("float32", "int8")}
+    assert {p.name for p in (tmp_path / "int8").iterdir()} == {
+        "model.bin", "config.json", "vocabulary.json", "tokenizer.json", "quant.json"}
+    f32, i8 = metas["float32"], metas["int8"]
+    # fp32: the fused q/k/v linears add k's zero bias, nothing else
+    assert 0 < f32["linear_bytes"] - f32["fp32_linear_bytes"] < 0.01 * f32["fp32_linear_bytes"]
+    assert 0.25 < i8["linear_bytes"] / i8["fp32_linear_bytes"] < 0.3  # int8 + f32 row scales
+    # on disk the int8 checkpoint saves at least what its linears shrink by
+    saved = f32["bytes_on_disk"] - i8["bytes_on_disk"]
+    assert saved >= f32["linear_bytes"] - i8["linear_bytes"] > 0.7 * f32["fp32_linear_bytes"]
+    assert (i8["facts"]["weights"], i8["facts"]["act_mode"]) == ("int8", "dynamic")
+    assert i8["provenance"]["quantization_library"]["version"] == ctranslate2.__version__
+    (texts, timing), model = transcribe(tmp_path / "int8", random_model_dir, FEATS)
+    assert len(texts) == 1 and timing["encoder"] > 0 and timing["decoder"] > 0
+    assert model.runtime_info["inter_threads"] == 1
+    assert model.runtime_info["intra_threads"] == torch.get_num_threads()
+
+
+def test_support_comes_from_ctranslate2():
+    q = get("ct2")
+    for scheme in q.schemes:
+        reason = q.unsupported(entry(scheme), "cpu")
+        assert (reason is None) == (scheme in CPU_TYPES), (scheme, reason)
+    if "int16" not in CPU_TYPES:
+        assert "MKL" in q.unsupported(entry("int16"), "cpu")
+    # asking about CUDA never crashes, with or without a CUDA device here
+    assert "CPU compute type" in (q.unsupported(entry("int16"), "cuda") or "CPU compute type")
+    assert q.unsupported(entry("float16"), "cuda") is None or "float16" in q.unsupported(
+        entry("float16"), "cuda")
+
+
+@pytest.mark.skipif(ctranslate2.get_cuda_device_count() > 0, reason="this host has a CUDA device")
+def test_device_mismatch_and_bad_entries_are_clear_errors(random_model_dir, tmp_path):
+    save_checkpoint("i8", entry("int8"), random_model_dir, tmp_path / "i8")
+    with pytest.raises(PipelineError, match="cannot run compute type int8 on cuda here"):
+        load_checkpoint(tmp_path / "i8", random_model_dir, "cuda")
+    model, _ = load_checkpoint(tmp_path / "i8", random_model_dir, "cpu")
+    with pytest.raises(PipelineError, match="loaded on cpu, not cuda"):
+        model.transcriber(None, "cuda", {})
+    with pytest.raises(PipelineError, match="unknown scheme 'int4' for library 'ct2'"):
+        entry("int4")
+    with pytest.raises(PipelineError, match="option 'compile' is not known to library 'ct2'"):
+        get("ct2").validate("x", {"library": "ct2", "scheme": "int8", "compile": True})
+
+
+def test_longform_windows_cover_the_utterance():
+    feats = torch.arange(80 * 6500, dtype=torch.float32).reshape(80, 6500).numpy()
+    windows = longform(feats)
+    assert windows.shape == (3, 80, 3000)
+    assert (windows[1] == feats[:, 3000:6000]).all() and (windows[2, :, 500:] == 0).all()
+
+
+# -- real weights and audio ------------------------------------------------------------------
+def fp32_texts(model_dir, feats):
+    from transformers import WhisperTokenizer
+
+    from whisper_ptq.transcribe import Transcriber
+
+    model = load_fp32(model_dir)
+    run = Transcriber(model, WhisperTokenizer.from_pretrained(model_dir), "cpu",
+                      {"max_new_tokens": 160})
+    return run(feats)[0]
+
+
+def real_feats(real_cache, n):  # noqa: F811
+    d, calib = real_cache
+    cache = FeatureCache(d / "f.safetensors")
+    return torch.stack([cache.get(uid) for uid in calib[:n]])
+
+
+@pytest.mark.slow
+def test_real_tiny_en_fp32_matches_transformers_and_int8_stays_close(tiny_en_dir, real_cache,
+                                                                      tmp_path):
+    """tiny.en (English-only prompt: SOT, no-timestamps): CTranslate2 float32 decodes what
+    transformers fp32 decodes; int8 stays within the 8-bit bound; conversion is deterministic."""
+    from test_quant_real import MAX_WER_INCREASE, transcribe as pipeline_wer
+
+    torch.set_num_threads(2)
+    feats = real_feats(real_cache, 4)
+    save_checkpoint("f32", entry("float32"), tiny_en_dir, tmp_path / "f32")
+    (texts, _), model = transcribe(tmp_path / "f32", tiny_en_dir, feats, {"max_new_tokens": 160})
+    assert model.prompt({}) == [50257, 50362]
+    assert texts == fp32_texts(tiny_en_dir, feats)
+    fp = get("fp").validate("fp32", {"library": "fp", "scheme": "fp32"})
+    save_checkpoint("fp32", fp, tiny_en_dir, tmp_path / "fp32")
+    base = pipeline_wer(tmp_path / "fp32", tiny_en_dir, real_cache)
+    save_checkpoint("i8", entry("int8"), tiny_en_dir, tmp_path / "i8")
+    wer = pipeline_wer(tmp_path / "i8", tiny_en_dir, real_cache)
+    print(f"tiny.en {N_SCORED} utts: fp32 WER {base:.2f}, ct2-int8 {wer:.2f}")
+    assert wer - base <= MAX_WER_INCREASE
+    save_checkpoint("i8b", entry("int8"), tiny_en_dir, tmp_path / "i8b")
+    assert (tmp_path / "i8" / "model.bin").read_bytes() == (tmp_path / "i8b" / "model.bin").read_bytes()
+
+
+@pytest.mark.slow
+def test_real_base_fp32_matches_transformers(base_dir, real_cache, tmp_path):  # noqa: F811
+    """Multilingual base (prompt SOT, en, transcribe, no-timestamps) on the same features
+    (tiny.en's and base's feature extractors are identical: 80 mel bins)."""
+    torch.set_num_threads(2)
+    feats = real_feats(real_cache, 2)
+    save_checkpoint("f32", entry("float32"), base_dir, tmp_path / "f32")
+    (texts, _), model = transcribe(tmp_path / "f32", base_dir, feats,
+                                   {"max_new_tokens": 160, "language": "en", "task": "transcribe"})
+    assert model.prompt({}) == [50258, 50259, 50359, 50363]
+    assert texts == fp32_texts(base_dir, feats)

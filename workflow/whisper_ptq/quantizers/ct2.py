@@ -1,0 +1,257 @@
+"""CTranslate2 (the engine behind faster-whisper): a runtime, not a PyTorch quantizer.
+
+The scheme is CTranslate2's compute type (``float32``, ``int8``, ``int16``, ``float16``,
+``int8_float16``, ``bfloat16``). ``quantize`` converts the in-memory fp32 model with
+``ctranslate2.converters.TransformersConverter`` (weights quantized at conversion, so the
+checkpoint's size is the deployed size); the checkpoint is the converted directory:
+``model.bin`` (CTranslate2's own binary format, no pickle), ``config.json``,
+``vocabulary.json`` and the model's ``tokenizer.json`` (faster-whisper reads it).
+
+What CTranslate2 does to Whisper (4.8.5):
+
+* q/k/v become one fused linear per attention block (k's missing bias stored as zeros);
+* int8: every 2-D/3-D weight with a scale slot (all linears, both convs, the token embedding)
+  is int8 with one float32 absmax scale per output row (symmetric); ``proj_out`` is tied to
+  the embedding and stored once. Activations are quantized per row at run time (int8 GEMM).
+  Only the positional encodings, layer norms and biases stay float.
+* int16: one scale per weight tensor (2**10 / absmax), activations int16 at run time; CPU
+  only, and only with CTranslate2's MKL backend (Intel CPUs). ``CT2_USE_MKL`` is never
+  forced here: on AMD it made int8 and int16 about 2x slower than transformers fp32.
+
+Support comes from ``ctranslate2.get_supported_compute_types(device)``. On a host where
+CTranslate2 sees no CUDA device (a login node, a CPU workstation) the CUDA answer cannot be
+asked, so the CUDA types CTranslate2 documents for compute capability >= 8 are assumed and
+the GPU job asks again when it loads the model (a clear error if the GPU lacks the type).
+
+Transcription (``CT2Whisper.transcriber``) reads the same cached log-mel batches: ``encode``
+is timed as the encoder, then ``generate`` on the encoder output (greedy, beam 1) as the
+decoder. Threads: ``intra_threads`` = the job's threads, ``inter_threads`` = 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import time
+from pathlib import Path
+
+from .. import PipelineError
+from .base import Quantizer, facts
+
+TOKENIZER = "tokenizer.json"
+NB_MAX_FRAMES = 3000  # one 30 s Whisper window of log-mel frames
+# compute types CTranslate2 documents for CUDA (compute capability >= 8.0, e.g. A100/H100)
+CUDA_TYPES = frozenset({"float32", "int8", "int8_float32", "float16", "int8_float16",
+                        "bfloat16", "int8_bfloat16"})
+
+FLOAT_FRONT = ["embed_positions", "layer norms", "biases"]
+
+
+def _facts(scheme: str) -> dict:
+    int8_front = FLOAT_FRONT + ["(conv front-end and embed_tokens = tied proj_out: int8 too)"]
+    table = {
+        "float32": facts(weights="float32", activations="float32", granularity="none",
+                         unquantized=["everything (no quantization)"]),
+        "float16": facts(weights="float16", activations="float16", granularity="none",
+                         unquantized=["everything (no quantization)"]),
+        "bfloat16": facts(weights="bfloat16", activations="bfloat16", granularity="none",
+                          unquantized=["everything (no quantization)"]),
+        "int8": facts(weights="int8", activations="int8 (float32 outside matmuls)",
+                      act_mode="dynamic", symmetric=True, granularity="per-channel",
+                      unquantized=int8_front),
+        "int8_float16": facts(weights="int8", activations="int8 (float16 outside matmuls)",
+                              act_mode="dynamic", symmetric=True, granularity="per-channel",
+                              unquantized=int8_front),
+        "int16": facts(weights="int16", activations="int16", act_mode="dynamic",
+                       symmetric=True, granularity="per-tensor",
+                       unquantized=FLOAT_FRONT + ["(conv front-end and embed_tokens: int16 too)"]),
+    }
+    return table[scheme]
+
+
+@functools.lru_cache(maxsize=None)
+def supported_types(device: str) -> tuple[frozenset, str | None]:
+    """(compute types CTranslate2 offers on ``device`` here, why it could not ask or None)."""
+    try:
+        import ctranslate2
+
+        return frozenset(ctranslate2.get_supported_compute_types(device)), None
+    except (ImportError, RuntimeError, ValueError) as e:  # no CUDA driver/device on this host
+        return frozenset(), f"{type(e).__name__}: {e}"
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    return metadata.version("ctranslate2")
+
+
+class CTranslate2(Quantizer):
+    library = "ct2"
+    schemes = {name: {} for name in ("float32", "int8", "int16", "float16", "int8_float16",
+                                     "bfloat16")}
+
+    def unsupported(self, entry, device):
+        reason = super().unsupported(entry, device)
+        if reason:
+            return reason
+        scheme = entry["scheme"]
+        types, error = supported_types(device)
+        if error is None:
+            if scheme in types:
+                return None
+            why = (" (int16 needs CTranslate2's MKL backend, Intel CPUs; CT2_USE_MKL is never "
+                   "forced here)" if scheme == "int16" and device == "cpu" else "")
+            return (f"CTranslate2 {_version()} offers {', '.join(sorted(types))} on this {device}"
+                    f", not {scheme}{why}")
+        if device == "cuda":  # cannot ask on this host: CTranslate2's documented CUDA types
+            return None if scheme in CUDA_TYPES else f"{scheme} is a CPU compute type of CTranslate2"
+        return f"CTranslate2 cannot list its compute types on {device}: {error}"
+
+    def describe(self, entry):
+        return _facts(entry["scheme"])
+
+    # -- model ----------------------------------------------------------------------------
+    def quantize(self, model, entry, calibration=None):
+        return Converted(model, entry["scheme"])
+
+    def linear_bytes(self, model, names):
+        return model.linear_bytes()
+
+    def save(self, model, entry, out_dir):
+        model.save(Path(out_dir))
+
+    def load(self, ckpt_dir, model_dir, entry, device):
+        import torch
+
+        types, error = supported_types(device)
+        if entry["scheme"] not in types:
+            raise PipelineError(
+                f"CTranslate2 {_version()} cannot run compute type {entry['scheme']} on {device}"
+                f" here: {error or 'it offers ' + ', '.join(sorted(types))}")
+        return CT2Whisper(ckpt_dir, model_dir, device, entry["scheme"], torch.get_num_threads())
+
+
+class Converted:
+    """An fp32 model converted (in memory) to a CTranslate2 model specification."""
+
+    def __init__(self, model, scheme: str):
+        from ctranslate2.converters import TransformersConverter
+
+        source = Path(model.name_or_path)  # the config and tokenizer come from its directory
+        if not (source / TOKENIZER).is_file():
+            raise PipelineError(f"CTranslate2 conversion needs {source / TOKENIZER}")
+
+        class InMemory(TransformersConverter):
+            def load_model(self, model_class, path, **kwargs):
+                return model  # the model given to quantize(), not a fresh load
+
+        converter = InMemory(str(source))
+        self.spec = converter._load()  # the spec convert() would write, kept to size it
+        self.spec.validate()
+        self.spec.optimize(quantization=scheme)
+        self.tokenizer = source / TOKENIZER
+
+    def save(self, out_dir: Path) -> None:
+        self.spec.save(str(out_dir))
+        shutil.copy2(self.tokenizer, out_dir / TOKENIZER)
+
+    def linear_bytes(self) -> int:
+        """Bytes of what were nn.Linear layers: fused attention/FFN linears and the output
+        projection (which aliases the embedding: counted, as the tied proj_out is for bnb)."""
+        variables = self.spec.variables()
+        total = 0
+        for name, value in variables.items():
+            if "/linear_" not in name and not name.startswith("decoder/projection/"):
+                continue
+            if isinstance(value, str):  # an alias of another variable (the tied head)
+                value = variables[value]
+            total += value.num_bytes()
+        return total
+
+
+class CT2Whisper:
+    """A loaded CTranslate2 Whisper model, with what the transcription step needs."""
+
+    def __init__(self, ckpt_dir, model_dir, device: str, compute_type: str, threads: int):
+        import ctranslate2
+        from transformers import GenerationConfig
+
+        self.model = ctranslate2.models.Whisper(str(ckpt_dir), device=device,
+                                                compute_type=compute_type,
+                                                intra_threads=threads, inter_threads=1)
+        self.generation_config = GenerationConfig.from_pretrained(model_dir)
+        self.device = device
+        # recorded in the timing JSON (transcribe.transcribe_checkpoint)
+        self.runtime_info = {"runtime": "ctranslate2", "version": ctranslate2.__version__,
+                             "compute_type": self.model.compute_type,
+                             "intra_threads": threads, "inter_threads": 1}
+
+    def prompt(self, decoding: dict) -> list[int]:
+        """The forced decoder prefix transformers' generate() uses (no timestamps): SOT, then
+        language and task for multilingual models only, then no-timestamps."""
+        g = self.generation_config
+        tokens = [g.decoder_start_token_id]
+        if getattr(g, "is_multilingual", False):
+            language = decoding.get("language", "en")
+            tokens.append(g.lang_to_id[f"<|{language}|>" if not language.startswith("<|") else language])
+            tokens.append(g.task_to_id[decoding.get("task", "transcribe")])
+        tokens.append(g.no_timestamps_token_id)
+        return tokens
+
+    def transcriber(self, tokenizer, device: str, decoding: dict):
+        if device != self.device:
+            raise PipelineError(f"CTranslate2 model was loaded on {self.device}, not {device}")
+        return CT2Transcriber(self, tokenizer, decoding)
+
+
+class CT2Transcriber:
+    """Same contract as transcribe.Transcriber: ``__call__(feats) -> (texts, timing)``."""
+
+    def __init__(self, whisper: CT2Whisper, tokenizer, decoding: dict):
+        self.model, self.tokenizer = whisper.model, tokenizer
+        self.prompt = whisper.prompt(decoding)
+        self.max_length = int(decoding.get("max_new_tokens", 440))
+
+    def _generate(self, features):
+        results = self.model.generate(features, [self.prompt] * features.shape[0], beam_size=1,
+                                      max_length=self.max_length)
+        return [r.sequences_ids[0] for r in results]
+
+    def __call__(self, feats):
+        import ctranslate2
+        import numpy as np
+
+        timing = {"encoder": 0.0, "decoder": 0.0, "longform": 0.0}
+        feats = np.ascontiguousarray(feats.float().numpy())
+        t0 = time.perf_counter()
+        if feats.shape[-1] > NB_MAX_FRAMES:  # alone; fixed 30 s windows (see longform())
+            windows = longform(feats[0])  # kept alive: a StorageView does not copy it
+            ids = [sum(self._generate(ctranslate2.StorageView.from_array(windows)), [])]
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            timing["longform"] = time.perf_counter() - t0
+        else:
+            encoded = self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
+            t1 = time.perf_counter()
+            ids = self._generate(encoded)
+            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            timing["encoder"], timing["decoder"] = t1 - t0, time.perf_counter() - t1
+        timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
+        # as transformers' count (its sequences hold neither the prompt nor the end token)
+        timing["tokens"] = sum(len(i) for i in ids)
+        return texts, timing
+
+
+def longform(feats):
+    """A [80, T > 3000] log-mel as consecutive 30 s windows, the last padded with the
+    utterance's minimum (silence after Whisper's log-mel clamp). No timestamp-based seeking
+    as in transformers' long-form decoding: a word cut at a window edge may be misheard."""
+    import numpy as np
+
+    n = -(-feats.shape[-1] // NB_MAX_FRAMES)
+    padded = np.full((feats.shape[0], n * NB_MAX_FRAMES), feats.min(), dtype=np.float32)
+    padded[:, :feats.shape[-1]] = feats
+    return np.ascontiguousarray(padded.reshape(feats.shape[0], n, NB_MAX_FRAMES).transpose(1, 0, 2))
+
+
+QUANTIZER = CTranslate2()
