@@ -1,4 +1,6 @@
 rule transcribe:
+    """Greedy transcription of one shard of a split's length-sorted utterances with one
+    checkpoint on one device, timed (encoder / decoder seconds, RTF, peak memory)."""
     input:
         checkpoint="results/{model}/checkpoints/{entry}",
         model_dir="data/models/{model}",
@@ -41,6 +43,8 @@ rule transcribe:
 
 
 rule score:
+    """Gather a run's shards; WER/CER after the Whisper normalizer with per-utterance edit
+    counts, pooled RTF, size reduction against fp32."""
     input:
         # every shard of the run (known once the split's features checkpoint has run)
         hyps=lambda wc: shard_files(wc, ".hyp.jsonl"),
