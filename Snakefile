@@ -27,9 +27,9 @@ localrules:
 
 rule all:
     """Every report output of the configured study (results/report/)."""
+    default_target: True
     input:
         REPORT_FILES,
-    default_target: True
 
 
 onsuccess:

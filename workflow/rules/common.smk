@@ -17,7 +17,8 @@ from whisper_ptq.config import Job, Study, cuda_visible
 
 def cluster_cuda_nodes():
     """The SLURM profile's site setting `cuda_nodes` (a default resource, so that it
-    survives a --config on the command line, which replaces a profile's whole config: key)."""
+    survives a --config on the command line, which replaces a profile's whole config: key).
+    """
     res = workflow.resource_settings.default_resources
     value = res.get("cuda_nodes") if res is not None else None
     return int(value.raw) if value is not None and value.raw is not None else 0
@@ -30,7 +31,10 @@ def jobs_see_cuda():
 
 
 # `--config only=` arrives as None, like `only: null` (every entry): it is an empty list
-if "only" in workflow.config_settings.config and workflow.config_settings.config["only"] is None:
+if (
+    "only" in workflow.config_settings.config
+    and workflow.config_settings.config["only"] is None
+):
     config["only"] = ""  # Study refuses it
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 try:
@@ -38,8 +42,10 @@ try:
 except PipelineError as e:
     raise WorkflowError(f"config: {e}") from None
 if not workflow.remote_exec:
-    logger.info(f"devices: {', '.join(STUDY.devices)}"
-                + (" (auto)" if config["devices"] == "auto" else ""))
+    logger.info(
+        f"devices: {', '.join(STUDY.devices)}"
+        + (" (auto)" if config["devices"] == "auto" else "")
+    )
 
 # Every rule runs `python -m whisper_ptq.cli <step>`. The package is found through
 # PYTHONPATH; `python` is the env's own with --use-conda, and otherwise the interpreter
@@ -71,16 +77,21 @@ def library_module(wildcards):
 
 def score_files():
     """Score files of every selected run and of the fp32 baseline of each model/device/split
-    they run on (the report's ΔWER intervals are against it, even when `only` omits fp32)."""
+    they run on (the report's ΔWER intervals are against it, even when `only` omits fp32).
+    """
     jobs = STUDY.jobs()
     baseline = [
-        Job(j.model, "fp32", j.device, j.split) for j in jobs
-        if j.device in STUDY.devices_of("fp32") and not STUDY.unsupported_reason("fp32", j.device)
+        Job(j.model, "fp32", j.device, j.split)
+        for j in jobs
+        if j.device in STUDY.devices_of("fp32")
+        and not STUDY.unsupported_reason("fp32", j.device)
     ]
-    return list(dict.fromkeys(
-        f"results/{j.model}/{j.device}/{j.entry}/{j.split}.score.json"
-        for j in jobs + baseline
-    ))
+    return list(
+        dict.fromkeys(
+            f"results/{j.model}/{j.device}/{j.entry}/{j.split}.score.json"
+            for j in jobs + baseline
+        )
+    )
 
 
 def report_devices():
@@ -101,8 +112,10 @@ def calibration_input(wildcards):
 def calibration_args(wildcards, input):
     if "calib_features" not in input.keys():
         return ""
-    return (f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
-            f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}")
+    return (
+        f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
+        f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}"
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,8 +133,13 @@ def shard_count(model, split):
     from whisper_ptq.transcribe import shard_bounds
 
     manifest = checkpoints.features.get(model=model, split=split).output.manifest
-    n = _utterances(manifest, os.path.getmtime(manifest), STUDY.limit,
-                    STUDY.calibration_excluded(split), split)
+    n = _utterances(
+        manifest,
+        os.path.getmtime(manifest),
+        STUDY.limit,
+        STUDY.calibration_excluded(split),
+        split,
+    )
     return len(shard_bounds(n, STUDY.shard_size))
 
 
@@ -129,5 +147,7 @@ def shard_files(wildcards, suffix):
     """One file per shard of a run (model × entry × device × split), in shard order."""
     n = shard_count(wildcards.model, wildcards.split)
     w = wildcards
-    return [f"results/{w.model}/{w.device}/{w.entry}/{w.split}/shard-{i}of{n}{suffix}"
-            for i in range(n)]
+    return [
+        f"results/{w.model}/{w.device}/{w.entry}/{w.split}/shard-{i}of{n}{suffix}"
+        for i in range(n)
+    ]

@@ -8,15 +8,17 @@ rule download:
     output:
         archive="data/archives/{split}.tar.gz",
         split_dir=directory("data/LibriSpeech/{split}"),
-    params:
-        base_url=config["librispeech_url"],
-        # the checksum it will check (config md5, or a file:// mirror's md5sum.txt line):
-        # an archive replaced with its md5 updated re-runs the download
-        md5=lambda wc: known_md5(config["librispeech_url"], wc.split, config["md5"].get(wc.split)),
     log:
         "logs/download/{split}.log",
     conda:
         "../../envs/data.yaml"
+    params:
+        base_url=config["librispeech_url"],
+        # the checksum it will check (config md5, or a file:// mirror's md5sum.txt line):
+        # an archive replaced with its md5 updated re-runs the download
+        md5=lambda wc: known_md5(
+            config["librispeech_url"], wc.split, config["md5"].get(wc.split)
+        ),
     shell:
         "python -m whisper_ptq.cli download --base-url {params.base_url:q} --split {wildcards.split}"
         " --md5 '{params.md5}' --archive {output.archive} --out {output.split_dir}"
@@ -27,15 +29,15 @@ rule model:
     """Resolve the model source (hub id or local directory) into data/models/<model>."""
     output:
         directory("data/models/{model}"),
+    log:
+        "logs/model/{model}.log",
+    conda:
+        "../../envs/data.yaml"
     params:
         source=lambda wc: STUDY.models[wc.model],
         # a digest of the source's config and weights (whisper_ptq.modeling.source_fingerprint):
         # a directory re-converted in place re-runs the copy
         fingerprint=lambda wc: source_fingerprint(STUDY.models[wc.model]),
-    log:
-        "logs/model/{model}.log",
-    conda:
-        "../../envs/data.yaml"
     shell:
         "python -m whisper_ptq.cli model --source {params.source:q} --out {output} > {log} 2>&1"
 
@@ -53,11 +55,11 @@ checkpoint features:
         manifest="data/features/{model}/{split}.manifest.jsonl",
     log:
         "logs/features/{model}/{split}.log",
+    conda:
+        "../../envs/features.yaml"
     resources:
         mem_mb=8000,
         runtime=lambda wc, attempt: 60 * attempt,  # minutes; more on a retry
-    conda:
-        "../../envs/features.yaml"
     shell:
         "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli features --split-dir {input.split_dir}"
         " --model-dir {input.model_dir} --split {wildcards.split}"

@@ -9,18 +9,18 @@ rule quantize:
     output:
         checkpoint=directory("results/{model}/checkpoints/{entry}"),
         meta="results/{model}/checkpoints/{entry}.json",
-    params:
-        entry=entry_config,
-        calib=calibration_args,
+    log:
+        "logs/quantize/{model}/{entry}.log",
+    conda:
+        "../../envs/ptq.yaml"
     threads: config["threads"]
     resources:
         mem_mb=16000,
         runtime=lambda wc, attempt: 60 * attempt,  # minutes; more on a retry
         cpus_per_task=lambda wc, threads: threads,  # CPU job (SLURM); checkpoints are device-free
-    log:
-        "logs/quantize/{model}/{entry}.log",
-    conda:
-        "../../envs/ptq.yaml"
+    params:
+        entry=entry_config,
+        calib=calibration_args,
     shell:
         "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli quantize --entry {wildcards.entry} --config {params.entry:q}"
         " --model-dir {input.model_dir} --threads {threads} --out {output.checkpoint}"

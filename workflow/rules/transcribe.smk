@@ -10,14 +10,10 @@ rule transcribe:
         # shard i of n of the split's length-sorted utterance list (common.smk: shard_files)
         hyp="results/{model}/{device}/{entry}/{split}/shard-{shard}of{nshards}.hyp.jsonl",
         timing="results/{model}/{device}/{entry}/{split}/shard-{shard}of{nshards}.timing.json",
-    params:
-        decoding=json.dumps(STUDY.decoding, sort_keys=True),
-        timing=json.dumps(STUDY.timing, sort_keys=True),
-        limit=STUDY.limit,
-        # calibration utterances of this split (if it is the calibration split) are never scored
-        calib_n=lambda wc: STUDY.calibration_excluded(wc.split),
-        # one shard covers the whole split whatever shard_size says: no re-run for it
-        shard_size=lambda wc: STUDY.shard_size if int(wc.nshards) > 1 else 0,
+    log:
+        "logs/transcribe/{model}/{device}/{entry}/{split}/shard-{shard}of{nshards}.log",
+    conda:
+        "../../envs/ptq.yaml"
     threads: config["threads"]
     resources:
         mem_mb=16000,
@@ -28,10 +24,14 @@ rule transcribe:
         gpu=lambda wc: 1 if wc.device == "cuda" else 0,
         cpus_per_gpu=lambda wc, threads: threads if wc.device == "cuda" else 0,
         cpus_per_task=lambda wc, threads: 0 if wc.device == "cuda" else threads,
-    log:
-        "logs/transcribe/{model}/{device}/{entry}/{split}/shard-{shard}of{nshards}.log",
-    conda:
-        "../../envs/ptq.yaml"
+    params:
+        decoding=json.dumps(STUDY.decoding, sort_keys=True),
+        timing=json.dumps(STUDY.timing, sort_keys=True),
+        limit=STUDY.limit,
+        # calibration utterances of this split (if it is the calibration split) are never scored
+        calib_n=lambda wc: STUDY.calibration_excluded(wc.split),
+        # one shard covers the whole split whatever shard_size says: no re-run for it
+        shard_size=lambda wc: STUDY.shard_size if int(wc.nshards) > 1 else 0,
     shell:
         "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli transcribe --checkpoint {input.checkpoint}"
         " --model-dir {input.model_dir} --features {input.features}"
