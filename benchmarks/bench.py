@@ -14,7 +14,6 @@ median reported, with /proc/loadavg before each repeat. Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -25,16 +24,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 
 import torch  # noqa: E402
+from common import loadavg, split_parser  # noqa: E402
 
 from whisper_ptq.data import extract_split  # noqa: E402
 from whisper_ptq.features import FeatureCache, compute_features, load_manifest, select  # noqa: E402
 from whisper_ptq.modeling import load_fp32, set_threads  # noqa: E402
 from whisper_ptq.quantizers import get  # noqa: E402
 from whisper_ptq.transcribe import generation_kwargs, make_batches, run  # noqa: E402
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def bare_loop(model, tokenizer, cache, rows, batch_size, decoding) -> float:
@@ -51,15 +47,7 @@ def bare_loop(model, tokenizer, cache, rows, batch_size, decoding) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--archive", required=True, type=Path)
-    p.add_argument("--split", default="test-clean")
-    p.add_argument("--utterances", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
+    p = split_parser(__doc__, repeats=3, out=Path(__file__).with_name("results.json"))
     a = p.parse_args(argv)
     from transformers import WhisperTokenizer
 
@@ -83,7 +71,7 @@ def main(argv=None):
 
     samples = {"pipeline_fp32": [], "bare_fp32": [], "pipeline_int8": [], "loadavg": []}
     for _ in range(a.repeats):
-        samples["loadavg"].append(loadavg())
+        samples["loadavg"].append(loadavg()[0])
         _, t = run(fp32, tokenizer, tmp / "f0.st", tmp / "m0.jsonl", "cpu", decoding,
                    limit=a.utterances, split=a.split, threads=threads, progress=False)
         samples["pipeline_fp32"].append(t["compute_seconds"])

@@ -14,7 +14,6 @@ the paired ratio entry time / fp32 time of the same repeat (median, min, max), w
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 
 import yaml  # noqa: E402
+from common import loadavg, split_parser  # noqa: E402
 
 from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from whisper_ptq.data import extract_split  # noqa: E402
@@ -39,21 +39,9 @@ ENTRIES = ["fp32", "torch-int8-dyn", "ct2-fp32", "ct2-int8", "torchao-int8wo", "
            "torchao-int8dyn-compiled", "torchao-int4wo", "torchao-int4wo-compiled"]
 
 
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--archive", required=True, type=Path)
-    p.add_argument("--split", default="test-clean")
-    p.add_argument("--utterances", type=int, default=24)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p = split_parser(__doc__, repeats=5, out=Path(__file__).with_name("results_runtimes.json"))
     p.add_argument("--entries", default=",".join(ENTRIES))
-    p.add_argument("--out", type=Path, default=Path(__file__).with_name("results_runtimes.json"))
     a = p.parse_args(argv)
     from transformers import WhisperTokenizer
 

@@ -31,12 +31,9 @@ from whisper_ptq.features import compute_features  # noqa: E402
 from whisper_ptq.modeling import load_fp32, set_threads  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
 from whisper_ptq.transcribe import run  # noqa: E402
+from common import loadavg  # noqa: E402
 
 ARMS = {"sorted": True, "manifest_order": False}
-
-
-def loadavg() -> list[float]:
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def main(argv=None):
