@@ -46,7 +46,7 @@ TREE_MARGIN = 2 * MIB  # room for the repo to grow a little between prepare and 
 MANIFEST = "kit.json"
 SPLITS = ("test-clean", "test-other")
 # requirements.txt packages the check itself never uses on the GPU machine
-NOT_NEEDED = {"snakemake", "snakemake-executor-plugin-slurm"}
+NOT_NEEDED = {"snakemake", "snakemake-executor-plugin-slurm", "snakefmt"}  # workflow / style tools
 TARGET_PYTHON = "3.12"
 # pip matches manylinux tags exactly: name every glibc the image (Ubuntu 24.04, 2.39) can load
 PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"] + [
