@@ -155,9 +155,9 @@ def collect(run_dir: Path, monitor_json: list[Path], log: Path, out: Path) -> di
         "peak_rss_mb": rss.get("features"),
     }
     scores = [json.loads(s.read_text()) for s in sorted(run_dir.glob("results/*/*/*/*.score.json"))]
-    score = [{k: s.get(k) for k in ("entry", "split", "wer", "utterances", "audio_seconds",
-                                    "compute_seconds", "rtf", "shards", "mixed_hardware")}
-             for s in scores]
+    score = [{**{k: s.get(k) for k in ("entry", "split", "wer", "audio_seconds",
+                                       "compute_seconds", "rtf", "shards", "mixed_hardware")},
+              "utterances": len(s.get("utterances") or [])} for s in scores]
     kinds: dict[str, int] = {}
     for j in jobs:
         kinds[j["rule"]] = kinds.get(j["rule"], 0) + 1
