@@ -120,11 +120,12 @@ def calibration_args(wildcards, input):
 
 @functools.lru_cache(maxsize=None)
 def _utterances(manifest, mtime, limit, calib_n, split):
-    from whisper_ptq.transcribe import excluded_ids, ordered_rows
-    from whisper_ptq.features import load_manifest
+    from whisper_ptq.transcribe import excluded_ids
+    from whisper_ptq.features import load_manifest, select
 
+    # a count only: the length-sorted order (transcribe.ordered_rows) is the same rows
     exclude = excluded_ids(manifest, calib_n, split)
-    return len(ordered_rows(load_manifest(manifest), limit, exclude, split))
+    return len(select(load_manifest(manifest), limit, exclude, split))
 
 
 def shard_count(model, split):
