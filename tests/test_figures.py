@@ -115,6 +115,18 @@ def test_pareto_labels_do_not_overlap_and_collapsed_is_off_the_front(runs):
     assert legend[0] == "1 fp32" and not any("+" in t for t in legend)
 
 
+def test_pareto_rtf_axis_turns_log_only_when_the_rtfs_span_an_order_of_magnitude(runs):
+    assert figures.pareto(runs, "cpu").axes[1].get_xscale() == "linear"  # RTF 0.3–0.5
+    slow = runs.copy()
+    slow.loc[slow["entry"] == "torchao-int8", "compute_seconds"] *= 3 * figures.RTF_LOG_SPAN
+    fig = figures.pareto(slow, "cpu")
+    ax = fig.axes[1]
+    assert ax.get_xscale() == "log" and "log scale" in ax.get_xlabel()
+    lo, hi = ax.get_xlim()
+    assert lo < 0.3 and hi > 0.9 * figures.RTF_LOG_SPAN  # every point on the axis
+    assert fig.axes[0].get_xscale() == "linear"  # size reduction stays linear
+
+
 def test_every_library_has_its_own_colour():
     libs = ["fp", "torch", "quanto", "hqq", "bnb", "ct2", "torchao"]
     assert len({style.library_colour(lib) for lib in libs}) == len(libs)

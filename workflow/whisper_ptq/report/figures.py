@@ -11,6 +11,8 @@ from . import style
 from .runs import BASELINE, CLEAN, OTHER, with_collapse
 from .tables import KEY, MARK, SHORT, plain, pooled, split_order, sweep_matrix
 
+RTF_LOG_SPAN = 8.0  # the Pareto RTF axis turns logarithmic when the RTFs span more than this
+
 
 def _labeller(df: pd.DataFrame):
     """Entry label, with the device / model only where the figure has several."""
@@ -191,6 +193,12 @@ def pareto_points(df: pd.DataFrame, device: str) -> pd.DataFrame:
     return p
 
 
+def _wide(values, span: float = RTF_LOG_SPAN) -> bool:
+    """Whether positive values span more than ``span``× (a linear axis would crush the rest)."""
+    v = values[values > 0]
+    return len(v) > 1 and v.max() / v.min() > span
+
+
 def pareto(df: pd.DataFrame, device: str, png=None):
     """Size reduction vs WER and RTF vs WER, coloured by library, every point numbered (the
     legend names it); dashed + circled: the front of the non-collapsed entries; collapsed
@@ -221,6 +229,9 @@ def pareto(df: pd.DataFrame, device: str, png=None):
                 text = f"{r.number}" + (f" ↑{r.wer:.0f}" if r.collapsed else "")
                 labels.append((r._asdict()[key], y, text, colour))
         ax.set_ylim(0, top)
+        if key == "rtf" and _wide(p[key]):
+            ax.set_xscale("log")  # eager int8-dynamic or int2 runs can be 10× slower than fp32
+            xlabel += " (log scale)"
         ax.set_xlabel(xlabel)
         ax.set_ylabel("WER (%), pooled over the splits")
         fig.canvas.draw()
