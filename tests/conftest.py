@@ -59,6 +59,24 @@ def clean_split_dir(mini_dir, tmp_path_factory) -> Path:
                          tmp_path_factory.mktemp("ls") / "test-clean")
 
 
+@pytest.fixture(scope="session")
+def fake_mirror(tmp_path_factory) -> Path:
+    """A fabricated openslr mirror (archives.make_mirror): test-clean and test-other, 3
+    speakers × 3 speechlike utterances each, md5sum.txt. No ../shared needed."""
+    from archives import make_mirror
+
+    return make_mirror(tmp_path_factory.mktemp("fake-mirror"))
+
+
+@pytest.fixture(scope="session")
+def fake_split_dir(fake_mirror, tmp_path_factory) -> Path:
+    """The fabricated test-clean, extracted."""
+    from whisper_ptq.data import extract_split
+
+    return extract_split(fake_mirror / "test-clean.tar.gz", "test-clean",
+                         tmp_path_factory.mktemp("fake-ls") / "test-clean")
+
+
 def make_random_model_dir(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     """A tiny randomly initialised Whisper (mechanics only) with ``tokenizer_dir``'s tokenizer
     (a real checkpoint's, or make_tokenizer_dir's)."""
@@ -123,3 +141,45 @@ def random_model_dir(tmp_path_factory) -> Path:
     """A tiny random Whisper with a fabricated tokenizer: no ../shared needed."""
     tokenizer = make_tokenizer_dir(tmp_path_factory.mktemp("fabricated-tokenizer"))
     return make_random_model_dir(tmp_path_factory.mktemp("random-whisper"), tokenizer)
+
+
+# --- the slow marker, enforced ------------------------------------------------------------
+# Every test that reads real weights or audio, or runs Snakemake, is marked slow (README,
+# "Tests"): `-m "not slow"` is then the fast unit suite that needs no ../shared.
+REAL_ASSETS = {"tiny_en_dir", "base_dir", "mini_dir", "clean_split_dir", "real_cache"}
+_current = {"item": None, "spawned": []}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [f"{item.nodeid} (uses {', '.join(sorted(REAL_ASSETS & set(item.fixturenames)))})"
+                for item in items
+                if REAL_ASSETS & set(item.fixturenames) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("real weights or audio without @pytest.mark.slow:\n  "
+                                + "\n  ".join(unmarked))
+
+
+def _audit(event, args):
+    """Notes every Snakemake process a test starts (fixtures included)."""
+    if event == "subprocess.Popen" and _current["item"] is not None:
+        argv = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
+        if any("snakemake" in os.path.basename(str(a)) for a in argv[:3]):
+            _current["spawned"].append(" ".join(map(str, argv[:4])))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    _current.update(item=item, spawned=[])
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item):
+    yield
+    spawned, _current["item"] = _current["spawned"], None
+    if spawned and not item.get_closest_marker("slow"):
+        pytest.fail(f"{item.nodeid} runs Snakemake ({spawned[0]} …) but is not marked slow",
+                    pytrace=False)

@@ -15,19 +15,19 @@ from whisper_ptq.features import (FeatureCache, compute_features, load_manifest,
                                   read_flac, select, trailing_constant_start)
 
 
-def test_feature_cache_round_trip_equals_direct_extraction(clean_split_dir, tiny_en_dir, tmp_path):
+def test_feature_cache_round_trip_equals_direct_extraction(fake_split_dir, random_model_dir, tmp_path):
     from transformers import WhisperFeatureExtractor
 
-    speaker_dir = next(p for p in sorted(clean_split_dir.iterdir()) if p.is_dir())
+    speaker_dir = next(p for p in sorted(fake_split_dir.iterdir()) if p.is_dir())
     small = tmp_path / "split"
     import shutil
     shutil.copytree(speaker_dir, small / speaker_dir.name)
-    n = compute_features(small, tiny_en_dir, tmp_path / "f.safetensors", tmp_path / "m.jsonl", "test-clean")
+    n = compute_features(small, random_model_dir, tmp_path / "f.safetensors", tmp_path / "m.jsonl", "test-clean")
     rows = load_manifest(tmp_path / "m.jsonl")
     assert n == len(rows) == 3
     cache = FeatureCache(tmp_path / "f.safetensors")
     assert sorted(cache.keys()) == [r["id"] for r in rows]
-    fe = WhisperFeatureExtractor.from_pretrained(tiny_en_dir)
+    fe = WhisperFeatureExtractor.from_pretrained(random_model_dir)
     for r in rows:
         flac = next(small.rglob(f"{r['id']}.flac"))
         audio, sr = sf.read(flac, dtype="float32")
@@ -64,7 +64,7 @@ def test_trailing_constant_run_is_found_from_the_bits():
     assert trailing_constant_start(x) == 10
 
 
-def test_cache_is_bit_exact_for_long_silent_and_unpadded_utterances(clean_split_dir, tiny_en_dir,
+def test_cache_is_bit_exact_for_long_silent_and_unpadded_utterances(fake_split_dir, random_model_dir,
                                                                     tmp_path):
     """Real speech joined past 30 s, silence only, 30 s of noise (no padding), and one real
     utterance, in a plain and in a noisy split: every cached tensor equals the padded
@@ -74,14 +74,14 @@ def test_cache_is_bit_exact_for_long_silent_and_unpadded_utterances(clean_split_
     from whisper_ptq.data import list_utterances
     from whisper_ptq.features import noise_mixer
 
-    real = list_utterances(clean_split_dir)[:8]
+    real = list_utterances(fake_split_dir)[:8]
     joined = np.concatenate([read_flac(u.path) for u in real])
     assert joined.size > 16000 * 31
     rng = np.random.default_rng(0)
     audio = {"7-1-0000": joined, "7-1-0001": np.zeros(16000 * 3, dtype=np.float32),
              "7-1-0002": rng.uniform(-0.5, 0.5, 16000 * 30).astype(np.float32),
              "8-1-0000": read_flac(real[0].path)}
-    fe = WhisperFeatureExtractor.from_pretrained(tiny_en_dir)
+    fe = WhisperFeatureExtractor.from_pretrained(random_model_dir)
     # noise at an SNR needs signal power: the noisy split leaves the silence out
     for name in ("test-clean", "test-clean+white20"):
         split, out = tmp_path / name / "split", tmp_path / name
@@ -95,7 +95,7 @@ def test_cache_is_bit_exact_for_long_silent_and_unpadded_utterances(clean_split_
             with open(d / f"{spk}-{chap}.trans.txt", "a") as f:
                 f.write(f"{uid} WORDS\n")
         utts = list_utterances(split)
-        compute_features(split, tiny_en_dir, out / "f.safetensors", out / "m.jsonl", name)
+        compute_features(split, random_model_dir, out / "f.safetensors", out / "m.jsonl", name)
         cache, mixer = FeatureCache(out / "f.safetensors"), noise_mixer(name, utts)
         kept = {}
         for u in utts:
@@ -136,45 +136,45 @@ KILL_ON_SECOND_UTTERANCE = """
 """
 
 
-def test_killed_features_step_leaves_no_output(clean_split_dir, tiny_en_dir, tmp_path):
+def test_killed_features_step_leaves_no_output(fake_split_dir, random_model_dir, tmp_path):
     import shutil
 
     split = tmp_path / "split"
-    speaker_dir = next(p for p in sorted(clean_split_dir.iterdir()) if p.is_dir())
+    speaker_dir = next(p for p in sorted(fake_split_dir.iterdir()) if p.is_dir())
     shutil.copytree(speaker_dir, split / speaker_dir.name)
     out, manifest = tmp_path / "out" / "f.safetensors", tmp_path / "out" / "m.jsonl"
     env = {**os.environ, "PYTHONPATH": str(next(p for p in sys.path if p.endswith("workflow")))}
     code = textwrap.dedent(KILL_ON_SECOND_UTTERANCE)
-    p = subprocess.run([sys.executable, "-c", code, str(split), str(tiny_en_dir), str(out),
+    p = subprocess.run([sys.executable, "-c", code, str(split), str(random_model_dir), str(out),
                         str(manifest)], env=env, capture_output=True)
     assert p.returncode == -9, p.stderr.decode()[-2000:]
     left = [q.name for q in out.parent.iterdir()]
     assert len(left) == 1 and left[0].startswith(".f.safetensors.tmp-")  # killed mid-write
     # a re-run completes and clears what the killed one left
-    assert compute_features(split, tiny_en_dir, out, manifest, "test-clean") == 3
+    assert compute_features(split, random_model_dir, out, manifest, "test-clean") == 3
     assert sorted(q.name for q in out.parent.iterdir()) == ["f.safetensors", "m.jsonl"]
 
 
-def test_failed_features_step_leaves_no_output(clean_split_dir, tiny_en_dir, tmp_path, monkeypatch):
+def test_failed_features_step_leaves_no_output(fake_split_dir, random_model_dir, tmp_path, monkeypatch):
     import shutil
 
     import whisper_ptq.features as F
 
     split = tmp_path / "split"
-    speaker_dir = next(p for p in sorted(clean_split_dir.iterdir()) if p.is_dir())
+    speaker_dir = next(p for p in sorted(fake_split_dir.iterdir()) if p.is_dir())
     shutil.copytree(speaker_dir, split / speaker_dir.name)
     flacs = sorted(split.rglob("*.flac"))
     flacs[1].write_bytes(b"not audio")
     out = tmp_path / "out"
     with pytest.raises(PipelineError, match=f"cannot decode audio file .*{flacs[1].name}"):
-        F.compute_features(split, tiny_en_dir, out / "f.safetensors", out / "m.jsonl", "test-clean")
+        F.compute_features(split, random_model_dir, out / "f.safetensors", out / "m.jsonl", "test-clean")
     assert list(out.iterdir()) == []
 
 
-def test_long_utterance_is_kept_whole_not_truncated(tiny_en_dir):
+def test_long_utterance_is_kept_whole_not_truncated(random_model_dir):
     from transformers import WhisperFeatureExtractor
 
-    fe = WhisperFeatureExtractor.from_pretrained(tiny_en_dir)
+    fe = WhisperFeatureExtractor.from_pretrained(random_model_dir)
     rng = np.random.default_rng(0)
     assert log_mel(fe, rng.normal(0, 0.1, 16000 * 5).astype(np.float32)).shape == (80, 3000)
     assert log_mel(fe, rng.normal(0, 0.1, 16000 * 40).astype(np.float32)).shape == (80, 4000)

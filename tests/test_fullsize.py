@@ -4,9 +4,12 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+@pytest.mark.slow  # packs the real mini archive's 40 speakers
 def test_build_packs_real_flacs_under_unique_ids_with_their_md5(mini_dir, tmp_path):
     sys.path.insert(0, str(BENCH))
     try:

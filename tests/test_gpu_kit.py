@@ -246,10 +246,10 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     assert "test-clean: 1 of 1 hypotheses identical" in md
 
 
-def test_budget_guard_still_writes_the_tables(tmp_path, tiny_en_dir):
+def test_budget_guard_still_writes_the_tables(tmp_path, random_model_dir):
     check = _module("check")
     out = tmp_path / "out"
-    rc = check.main(["--model", str(tiny_en_dir), "--mini", str(tmp_path), "--out", str(out),
+    rc = check.main(["--model", str(random_model_dir), "--mini", str(tmp_path), "--out", str(out),
                      "--work", str(tmp_path / "work"), "--scratch", str(tmp_path / "scratch"),
                      "--device", "cpu", "--no-real", "--shapes", "test", "--entries",
                      "fp32,quanto-int8", "--budget-s", "1"])
@@ -261,10 +261,10 @@ def test_budget_guard_still_writes_the_tables(tmp_path, tiny_en_dir):
     assert "| test (random) | quanto-int8 | skipped | time budget |" in (out / "results.md").read_text()
 
 
-def test_study_loads_without_snakemake(monkeypatch, tiny_en_dir):
+def test_study_loads_without_snakemake(monkeypatch, random_model_dir):
     """The GPU image has no Snakemake: the study gets the schema's defaults without it."""
     check = _module("check")
-    args = check.parser().parse_args(["--model", str(tiny_en_dir), "--mini", ".", "--out", "."])
+    args = check.parser().parse_args(["--model", str(random_model_dir), "--mini", ".", "--out", "."])
     with_schema = check.load(args)
     monkeypatch.setitem(sys.modules, "snakemake.utils", None)
     without = check.load(args)

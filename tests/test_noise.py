@@ -89,7 +89,7 @@ def test_silent_signal_is_a_clear_error():
         noise.NoiseMixer("white", 5)("1-0-0", "1", np.zeros(100, np.float32))
 
 
-def test_features_of_a_noisy_split_come_from_the_clean_audio(clean_split_dir, tiny_en_dir, tmp_path):
+def test_features_of_a_noisy_split_come_from_the_clean_audio(fake_split_dir, random_model_dir, tmp_path):
     import shutil
 
     from transformers import WhisperFeatureExtractor
@@ -97,9 +97,9 @@ def test_features_of_a_noisy_split_come_from_the_clean_audio(clean_split_dir, ti
     from whisper_ptq.features import FeatureCache, compute_features, load_manifest, log_mel, read_flac
 
     small = tmp_path / "split"
-    for spk in sorted(p for p in clean_split_dir.iterdir() if p.is_dir())[:2]:
+    for spk in sorted(p for p in fake_split_dir.iterdir() if p.is_dir())[:2]:
         shutil.copytree(spk, small / spk.name)
-    n = compute_features(small, tiny_en_dir, tmp_path / "f.safetensors", tmp_path / "m.jsonl",
+    n = compute_features(small, random_model_dir, tmp_path / "f.safetensors", tmp_path / "m.jsonl",
                          "test-clean+babble5")
     rows = load_manifest(tmp_path / "m.jsonl")
     assert n == len(rows) > 0
@@ -107,7 +107,7 @@ def test_features_of_a_noisy_split_come_from_the_clean_audio(clean_split_dir, ti
     r = rows[0]
     flac = next(small.rglob(f"{r['id']}.flac"))
     clean = read_flac(flac)
-    fe = WhisperFeatureExtractor.from_pretrained(tiny_en_dir)
+    fe = WhisperFeatureExtractor.from_pretrained(random_model_dir)
     cached = FeatureCache(tmp_path / "f.safetensors").get(r["id"]).numpy()
     assert not np.allclose(cached, log_mel(fe, clean))
     # recomputing the noisy audio by hand gives exactly the cached features

@@ -130,6 +130,7 @@ def arg(argv, flag):
     return argv[argv.index(flag) + 1]
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_sigkill_during_quantize_and_transcribe_then_resume(ref, tmp_path):
     wf, ref_run = ref
     run = tmp_path / "run"

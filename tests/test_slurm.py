@@ -48,6 +48,7 @@ def dry_run_jobs(output: str) -> list[dict]:
     return jobs
 
 
+@pytest.mark.slow  # runs Snakemake
 def test_profile_slurm_resolves_from_repo_root(tmp_path, tiny_en_dir, mini_dir):
     wf = copy_workflow(tmp_path / "wf")
     # run where a user would: the repository root, with the study's config.yaml there
