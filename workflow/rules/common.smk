@@ -11,7 +11,7 @@ from snakemake.utils import validate
 PKG = f"{workflow.basedir}/workflow"
 sys.path.insert(0, PKG)
 
-from whisper_ptq import PipelineError, cli, noise, quantizers, steps
+from whisper_ptq import PipelineError, noise, quantizers, steps
 from whisper_ptq.config import Job, Study, cuda_visible
 
 
@@ -48,13 +48,13 @@ if not workflow.remote_exec:
     )
 
 # Every rule runs its step of whisper_ptq.steps through one command, STEP (whisper_ptq.cli),
-# with `params: **step("<rule>")`: `spec`, the job's spec (steps.spec: what its result
-# depends on) and the only param that Snakemake's params re-run trigger sees, and `args`,
-# the step and the job's named paths, a param derived from input and output, which that
-# trigger leaves out (the input and mtime triggers cover paths). The package is found
-# through PYTHONPATH; `python` is the env's own with --use-conda, and otherwise the
-# interpreter running Snakemake (the project's venv), put first on PATH for the jobs.
-# Both quoted: a checkout path may hold spaces.
+# with `params: **step("<rule>")` (steps.rule_params): `spec`, the job's spec, what its
+# result depends on and the only param Snakemake's params re-run trigger sees, and `args`,
+# the step and the job's named paths. (Not `script:`: Snakemake 9 runs it with an unquoted
+# interpreter path, which breaks a venv under a path with spaces; snakemake#2645.) The
+# package is found through PYTHONPATH; `python` is the env's own with --use-conda, and
+# otherwise the interpreter running Snakemake (the project's venv), put first on PATH for
+# the jobs. Both quoted: a checkout path may hold spaces.
 _PATH = ""
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     _PATH = f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
@@ -66,14 +66,7 @@ STEP = (
 
 
 def step(rule):
-    """The params of STEP for `rule`, the job's spec (JSON) and its step's arguments."""
-    return {
-        "spec": lambda wildcards: json.dumps(
-            steps.spec(STUDY, rule, wildcards), sort_keys=True, default=str
-        ),
-        "args": lambda wildcards, input, output: f"{rule} "
-        + cli.path_args(dict(input.items()), dict(output.items())),
-    }
+    return steps.rule_params(STUDY, rule)
 
 
 wildcard_constraints:

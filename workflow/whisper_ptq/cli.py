@@ -17,41 +17,10 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 
 from . import PipelineError, steps
-
-
-def path_args(input: dict, output: dict) -> str:
-    """A job's named paths as this command's options (shell-quoted): the inverse of
-    ``parse_paths``."""
-    words = []
-    for prefix, paths in (("--", input), ("--out-", output)):
-        for name, value in paths.items():
-            words += [prefix + name.replace("_", "-"), *steps.as_list(value)]
-    return shlex.join(map(str, words))
-
-
-def parse_paths(words: list[str]) -> tuple[dict, dict]:
-    """``--<input> PATH... --out-<output> PATH...`` → (input, output) by name; one path
-    is a string, several (or none) a list."""
-    input, output, values = {}, {}, None
-    for word in words:
-        if word.startswith("--"):
-            name = word[2:].replace("-", "_")
-            paths, name = (output, name[4:]) if name.startswith("out_") else (input, name)
-            if not name.isidentifier() or name in paths:
-                raise PipelineError(f"{word}: not a path name, or given twice")
-            values = paths[name] = []
-        elif values is None:
-            raise PipelineError(f"{word!r}: a path before any --<name>")
-        else:
-            values.append(word)
-    for paths in (input, output):
-        paths.update({k: v[0] for k, v in paths.items() if len(v) == 1})
-    return input, output
 
 
 def _spec(text: str) -> dict:
@@ -96,7 +65,7 @@ def main(argv=None) -> int:
             return 0
         if args.cmd in steps.OFFLINE:  # before anything imports huggingface_hub
             os.environ["HF_HUB_OFFLINE"] = "1"
-        steps.run(args.cmd, _spec(args.spec), *parse_paths(rest), threads=args.threads)
+        steps.run(args.cmd, _spec(args.spec), *steps.parse_paths(rest), threads=args.threads)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -13,6 +13,8 @@ Module top stays light: Snakemake imports it to plan the jobs; steps import what
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 
 from . import PipelineError
@@ -96,6 +98,52 @@ def report_spec(study, **_):
 def spec(study, rule: str, wildcards) -> dict:
     """The spec of ``rule``'s job with these wildcards (a mapping of names to values)."""
     return globals()[f"{rule}_spec"](study, **dict(wildcards.items()))
+
+
+# --- the command line's paths, and a rule's params ---------------------------------------
+
+def path_args(input: dict, output: dict) -> str:
+    """A job's named paths as whisper_ptq.cli options, shell-quoted (``parse_paths`` reads them)."""
+    words = []
+    for prefix, paths in (("--", input), ("--out-", output)):
+        for name, value in paths.items():
+            words += [prefix + _flag(name), *as_list(value)]
+    return shlex.join(map(str, words))
+
+
+def parse_paths(words: list[str]) -> tuple[dict, dict]:
+    """``--<input> PATH... --out-<output> PATH...`` → (input, output) by name; one path
+    is a string, several (or none) a list."""
+    input, output, values = {}, {}, None
+    for word in words:
+        if word.startswith("--"):
+            name = word[2:].replace("-", "_")
+            paths, name = (output, name[4:]) if name.startswith("out_") else (input, name)
+            if not name.isidentifier() or name in paths:
+                raise PipelineError(f"{word}: not a path name, or given twice")
+            values = paths[name] = []
+        elif values is None:
+            raise PipelineError(f"{word!r}: a path before any --<name>")
+        else:
+            values.append(word)
+    for paths in (input, output):
+        paths.update({k: v[0] for k, v in paths.items() if len(v) == 1})
+    return input, output
+
+
+def rule_params(study, rule: str) -> dict:
+    """A rule's params for STEP (common.smk). ``spec``: the job's spec as JSON, a function
+    of the wildcards alone, so Snakemake's params trigger compares it. ``args``: the step
+    and the job's paths, a function of input and output, which Snakemake counts as derived
+    and leaves out of that trigger (the input and mtime triggers cover paths)."""
+
+    def spec_json(wildcards):
+        return json.dumps(spec(study, rule, wildcards), sort_keys=True, default=str)
+
+    def args(wildcards, input, output):
+        return f"{rule} {path_args(dict(input.items()), dict(output.items()))}"
+
+    return {"spec": spec_json, "args": args}
 
 
 # --- steps -------------------------------------------------------------------------------
