@@ -3,7 +3,7 @@ spec and the job's named paths, without Snakemake, writes what the rule writes.
 
 Unit tests use a fabricated model directory (no ../shared, no torch). The slow one dry-runs
 Snakemake on the shared reference run (tests/pipeline_run.py) for the jobs' commands, then
-runs four of its steps in-process: about 40 s on 2 cores once the reference run exists.
+runs four of its steps in-process: about 45 s on 2 loaded cores once the reference run exists.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def run_in(tmp, run, argv, monkeypatch):
 def same_tree(a, b):
     if a.is_file():
         return filecmp.cmp(a, b, shallow=False)
-    cmp = filecmp.dircmp(a, b)
+    cmp = filecmp.dircmp(a, b, ignore=[".snakemake_timestamp"])  # Snakemake's, in a directory()
     return (not cmp.left_only and not cmp.right_only and not cmp.funny_files
             and all(filecmp.cmp(a / f, b / f, shallow=False) for f in cmp.common_files)
             and all(same_tree(a / d, b / d) for d in cmp.common_dirs))
@@ -182,13 +182,9 @@ def test_a_step_run_from_its_jobs_spec_and_paths_writes_what_the_rule_wrote(
     wf, run = reference_run(tmp_path_factory, tiny_en_dir, mini_dir)
     jobs = {**job_commands(wf, run, "download", "model"), **job_commands(wf, run, "score", "report")}
     assert [len(jobs[r]) for r in ("download", "model", "score", "report")] == [1, 1, 3, 1]
-    for rule in ("download", "model", "score"):
+    for rule in ("download", "model", "score", "report"):
         for argv in jobs[rule]:
-            for path in run_in(tmp_path, run, argv, monkeypatch).values():
+            output = run_in(tmp_path, run, argv, monkeypatch)
+            for path in output.values():  # figures too: drawn without dates (report/style.py)
                 assert same_tree(run / path, tmp_path / path), f"{rule}: {path} differs"
-    output = run_in(tmp_path, run, jobs["report"][0], monkeypatch)
     assert set(output) >= {"csv", "md", "tex", "summary", "config", "dwer", "pareto_cpu"}
-    for name, path in output.items():  # figures: drawn again (PDF/SVG carry dates)
-        assert (tmp_path / path).stat().st_size > 0, name
-        if name in ("csv", "md", "tex", "summary", "config"):
-            assert (tmp_path / path).read_text() == (run / path).read_text(), name

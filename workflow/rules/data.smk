@@ -9,7 +9,7 @@ rule download:
     conda:
         "../../envs/data.yaml"
     params:
-        # with the md5 it checks: an archive replaced with its md5 updated re-runs it
+        # its spec holds the md5 it checks: an archive replaced, md5 updated, re-runs it
         **step("download"),
     shell:
         STEP
@@ -24,8 +24,8 @@ rule model:
     conda:
         "../../envs/data.yaml"
     params:
-        # with a digest of the source's config and weights: a directory re-converted in
-        # place re-runs the copy
+        # its spec holds a digest of the source's config and weights: a directory
+        # re-converted in place re-runs the copy
         **step("model"),
     shell:
         STEP

@@ -63,8 +63,6 @@ def main(argv=None) -> int:
             for path in replot(args.runs, args.out):
                 print(path)
             return 0
-        if args.cmd in steps.OFFLINE:  # before anything imports huggingface_hub
-            os.environ["HF_HUB_OFFLINE"] = "1"
         steps.run(args.cmd, _spec(args.spec), *steps.parse_paths(rest), threads=args.threads)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -73,4 +71,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # the steps that read local model directories never reach the hub (set in the job's
+    # process only, before anything imports huggingface_hub)
+    if sys.argv[1:2] and sys.argv[1] in steps.OFFLINE:
+        os.environ["HF_HUB_OFFLINE"] = "1"
     sys.exit(main())
