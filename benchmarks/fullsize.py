@@ -26,6 +26,7 @@ import gzip
 import io
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 from whisper_ptq.data import extract_split, md5_of  # noqa: E402
 from whisper_ptq.io import atomic_path  # noqa: E402
+from whisper_ptq.steps import path_args  # noqa: E402
 
 MINI = REPO.parent / "shared" / "data" / "librispeech-mini"
 OFFICIAL_SIZE = {"test-clean": 2620, "test-other": 2939}
@@ -149,6 +151,12 @@ def source_of(ref: str | None, root: Path) -> Path:
     return dest / "workflow"
 
 
+def step_cmd(step: str, spec: dict, input: dict, output: dict, threads: int = 1) -> list[str]:
+    """``python -m whisper_ptq.cli <step>`` as the rules run it (spec + named paths)."""
+    return [sys.executable, "-m", "whisper_ptq.cli", step, "--spec", json.dumps(spec),
+            "--threads", str(threads), *shlex.split(path_args(input, output))]
+
+
 def measure(a) -> None:
     root = a.out / "measure"
     split = a.split
@@ -174,9 +182,13 @@ def measure(a) -> None:
         for code in (codes if r % 2 == 0 else list(reversed(list(codes)))):
             for size in dirs:
                 out = cache(code, size)
-                cmd = [py, "-m", "whisper_ptq.cli", "features", "--split-dir", str(dirs[size]),
-                       "--model-dir", str(a.model), "--split", split, "--out-tensors", str(out),
-                       "--out-manifest", str(out.with_suffix(".manifest.jsonl"))]
+                cmd = step_cmd("features", {"split": split},
+                               {"split_dir": dirs[size], "model_dir": a.model},
+                               {"tensors": out, "manifest": out.with_suffix(".manifest.jsonl")})
+                if not (codes[code] / "whisper_ptq" / "steps.py").is_file():  # before issue 13
+                    cmd = [py, "-m", "whisper_ptq.cli", "features", "--split-dir", str(dirs[size]),
+                           "--model-dir", str(a.model), "--split", split, "--out-tensors", str(out),
+                           "--out-manifest", str(out.with_suffix(".manifest.jsonl"))]
                 load = loadavg()
                 res = run_child(cmd, {**base_env, "PYTHONPATH": str(codes[code])},
                                 root / "logs" / f"features-{code}-{size}-{r}.log")
@@ -188,23 +200,25 @@ def measure(a) -> None:
 
     ckpt = root / "fp32"
     if not ckpt.is_dir():
-        run_child([py, "-m", "whisper_ptq.cli", "quantize", "--entry", "fp32",
-                   "--config", json.dumps({"library": "fp", "scheme": "fp32"}),
-                   "--model-dir", str(a.model), "--out", str(ckpt), "--out-meta", str(root / "fp32.json")],
+        run_child(step_cmd("quantize", {"entry": "fp32", "calibration": None,
+                                        "config": {"library": "fp", "scheme": "fp32"}},
+                           {"model_dir": a.model}, {"checkpoint": ckpt, "meta": root / "fp32.json"}),
                   {**base_env, "PYTHONPATH": str(codes["after"])}, root / "logs" / "quantize.log")
     hyps = {}
-    decoding = json.dumps({"batch_size": 8, "language": "en", "task": "transcribe", "max_new_tokens": 128})
+    decoding = {"batch_size": 8, "language": "en", "task": "transcribe", "max_new_tokens": 128}
     for r in range(a.repeats):
         for code in codes:
             for size in dirs:
                 feats = cache(code, size)
                 out = root / "hyp" / f"{code}-{size}"
-                cmd = [py, "-m", "whisper_ptq.cli", "transcribe", "--checkpoint", str(ckpt),
-                       "--model-dir", str(a.model), "--features", str(feats),
-                       "--manifest", str(feats.with_suffix(".manifest.jsonl")), "--device", "cpu",
-                       "--split", split, "--decoding", decoding, "--limit", str(a.limit),
-                       "--threads", str(a.threads), "--out-hyp", str(out / "hyp.jsonl"),
-                       "--out-timing", str(out / "timing.json")]
+                spec = {"device": "cpu", "split": split, "shard": 0, "shards": 1,
+                        "decoding": decoding, "timing": {}, "limit": a.limit, "calib_n": 0,
+                        "shard_size": 0}
+                cmd = step_cmd("transcribe", spec,
+                               {"checkpoint": ckpt, "model_dir": a.model, "features": feats,
+                                "manifest": feats.with_suffix(".manifest.jsonl")},
+                               {"hyp": out / "hyp.jsonl", "timing": out / "timing.json"},
+                               a.threads)
                 load = loadavg()
                 # transcription is the same code either way: "code" names the cache's format
                 res = run_child(cmd, {**base_env, "PYTHONPATH": str(codes["after"])},

@@ -1,6 +1,8 @@
 """Calibration plumbing: which utterances calibrate, and that they are never scored."""
 
+import json
 import re
+import shlex
 import subprocess
 import sys
 
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from whisper_ptq import PipelineError, cli
+from whisper_ptq import PipelineError, cli, steps
 from whisper_ptq.config import Study, load_study, validate_schema
 from whisper_ptq.features import calibration_ids, select
 from whisper_ptq.io import read_json, read_jsonl, write_jsonl
@@ -67,31 +69,30 @@ def feature_cache(tmp_path):
 
 def test_cli_calibrates_on_and_excludes_the_same_utterances(random_model_dir, tmp_path,
                                                             feature_cache, monkeypatch):
-    import json
-
     import whisper_ptq.quantizers.quanto as qq
 
     monkeypatch.setattr(qq, "CALIBRATION_MAX_TOKENS", 2)
     feats, manifest = feature_cache
-    entry = json.dumps({"library": "quanto", "scheme": "int8-a8-static", "weights": "int8",
-                        "activations": "int8"})
-    assert cli.main(["quantize", "--entry", "s", "--config", entry, "--model-dir",
-                     str(random_model_dir), "--out", str(tmp_path / "ck"), "--out-meta",
-                     str(tmp_path / "ck.json"), "--calib-features", str(feats),
-                     "--calib-manifest", str(manifest), "--calib-n", "3",
-                     "--calib-split", "test-clean", "--threads", "1"]) == 0
+    entry = {"library": "quanto", "scheme": "int8-a8-static", "weights": "int8",
+             "activations": "int8"}
+    spec = {"entry": "s", "config": entry, "calibration": {"split": "test-clean", "n": 3}}
+    assert cli.main(["quantize", "--spec", json.dumps(spec), "--threads", "1", "--model-dir",
+                     str(random_model_dir), "--calib-features", str(feats), "--calib-manifest",
+                     str(manifest), "--out-checkpoint", str(tmp_path / "ck"), "--out-meta",
+                     str(tmp_path / "ck.json")]) == 0
     meta = read_json(tmp_path / "ck.json")
     calib = meta["calibration"]["ids"]
     assert len(calib) == 3 and meta["calibration_batches"] == 1
     assert calib == calibration_ids(read_jsonl(manifest), 3)
     # the checkpoint itself says what calibrated it
     assert read_json(tmp_path / "ck" / "quant.json")["calibration"] == meta["calibration"]
-    assert cli.main(["transcribe", "--checkpoint", str(tmp_path / "ck"), "--model-dir",
-                     str(random_model_dir), "--features", str(feats), "--manifest", str(manifest),
-                     "--device", "cpu", "--split", "test-clean", "--out-hyp",
-                     str(tmp_path / "h.jsonl"), "--out-timing", str(tmp_path / "t.json"),
-                     "--decoding", json.dumps({"batch_size": 4, "max_new_tokens": 2}),
-                     "--calib-n", "3", "--threads", "1"]) == 0
+    spec = {"device": "cpu", "split": "test-clean", "shard": 0, "shards": 1, "limit": None,
+            "decoding": {"batch_size": 4, "max_new_tokens": 2}, "timing": {}, "calib_n": 3,
+            "shard_size": 0}
+    assert cli.main(["transcribe", "--spec", json.dumps(spec), "--threads", "1", "--checkpoint",
+                     str(tmp_path / "ck"), "--model-dir", str(random_model_dir), "--features",
+                     str(feats), "--manifest", str(manifest), "--out-hyp", str(tmp_path / "h.jsonl"),
+                     "--out-timing", str(tmp_path / "t.json")]) == 0
     scored = [r["id"] for r in read_jsonl(tmp_path / "h.jsonl")]
     assert len(scored) == 5 and not set(scored) & set(calib)
 
@@ -110,16 +111,24 @@ def test_rules_pass_calibration_only_where_needed(random_model_dir, tmp_path):
         capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     tag = random_model_dir.name
-    quantize = {m.group(1): m.group(0) for m in
-                re.finditer(r"cli quantize --entry (\S+).*", out.stdout)}
-    assert f"--calib-features data/features/{tag}/test-clean.safetensors" in quantize["quanto-int8-a8-static"]
-    assert "--calib-n 16" in quantize["quanto-int8-a8-static"]
-    assert "--calib" not in quantize["quanto-int8"] and "--calib" not in quantize["fp32"]
+    quantize = {}
+    for m in re.finditer(r"whisper_ptq\.cli quantize .*", out.stdout):
+        argv = shlex.split(m.group(0))
+        spec = json.loads(argv[argv.index("--spec") + 1])
+        quantize[spec["entry"]] = (argv, spec)
+    argv, spec = quantize["quanto-int8-a8-static"]
+    assert argv[argv.index("--calib-features") + 1] == f"data/features/{tag}/test-clean.safetensors"
+    assert spec["calibration"] == {"split": "test-clean", "n": 16}
+    for name in ("quanto-int8", "fp32"):
+        argv, spec = quantize[name]
+        assert spec["calibration"] is None and not any(a.startswith("--calib") for a in argv)
     # transcribe jobs are planned once the features checkpoint has run (shards): their
-    # exclusion is the Study's, which the rule passes as --calib-n
+    # exclusion is the Study's, which the rule's spec passes as calib_n
     assert "cli transcribe" not in out.stdout
     study = load_study(REPO / "config.yaml", {
         **yaml.safe_load((REPO / "examples/offline-mini.yaml").read_text()),
         "model": str(random_model_dir), "devices": "cpu"})
     assert [study.calibration_excluded(s) for s in ("test-clean", "test-other")] == [16, 0]
-    assert "--calib-n {params.calib_n}" in (REPO / "workflow/rules/transcribe.smk").read_text()
+    wc = {"model": tag, "entry": "fp32", "device": "cpu", "shard": "0", "nshards": "1"}
+    assert [steps.spec(study, "transcribe", {**wc, "split": s})["calib_n"]
+            for s in ("test-clean", "test-other")] == [16, 0]

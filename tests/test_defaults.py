@@ -1,8 +1,9 @@
 """Each default is written once, in workflow/schemas/config.schema.yaml (issue 13): code
-called without a config takes the schema's value, the CLI requires what the rules pass."""
+called without a config takes the schema's value, a step requires what the rules pass."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -36,15 +37,23 @@ def test_code_called_without_a_config_takes_the_schemas_values():
     assert generation_kwargs(multilingual, {"max_new_tokens": 5})["max_new_tokens"] == 5
 
 
-@pytest.mark.parametrize("step, missing", [
-    (["report", "--csv", "a", "--md", "b", "--tex", "c", "--png", "d", "--pdf", "e",
-      "--bootstrap-resamples", "2000"], "--seed"),
-    (["report", "--csv", "a", "--md", "b", "--tex", "c", "--png", "d", "--pdf", "e",
-      "--seed", "0"], "--bootstrap-resamples"),
-    (["quantize", "--entry", "x", "--config", "{}", "--model-dir", "m", "--out", "o",
-      "--out-meta", "o.json"], "--threads"),
+@pytest.mark.parametrize("step, spec, paths, missing", [
+    ("report", {"bootstrap": {"resamples": 2000}, "unsupported": [], "sweep": None, "order": None},
+     ["--scores", "s.json", "--out-csv", "a", "--out-md", "b", "--out-tex", "c"],
+     "report: the spec's bootstrap has no 'seed'"),
+    ("transcribe", {"split": "test-clean"}, ["--manifest", "m.jsonl"],
+     "transcribe: the spec has no 'calib_n'"),
+    ("quantize", {"entry": "x", "config": {}, "calibration": {"split": "dev-clean", "n": 2}},
+     ["--model-dir", "m"], "quantize: no --calib-features path given"),
 ])
-def test_the_cli_requires_what_the_rules_pass_instead_of_a_second_default(step, missing, capsys):
+def test_a_step_requires_what_the_rules_pass_instead_of_a_second_default(step, spec, paths,
+                                                                          missing, capsys):
+    """Nothing read, nothing written: the spec or path at fault is named first."""
+    assert cli.main([step, "--spec", json.dumps(spec), "--threads", "1", *paths]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {missing}"
+
+
+def test_the_cli_requires_threads(capsys):
     with pytest.raises(SystemExit):
-        cli.parser().parse_args(step)
-    assert missing in capsys.readouterr().err
+        cli.parser().parse_args(["quantize", "--spec", "{}"])
+    assert "--threads" in capsys.readouterr().err

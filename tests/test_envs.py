@@ -88,7 +88,7 @@ def dependency_closure(names) -> set[str]:
 # --- which env each rule uses, and which CLI step it runs ---------------------------------
 
 def rules() -> dict[str, dict]:
-    """{rule: {"conda": path or None, "step": cli sub-command or None, "runs": bool}}."""
+    """{rule: {"conda": path or None, "step": whisper_ptq.steps function or None, "runs": bool}}."""
     out = {}
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")) + [REPO / "Snakefile"]:
         text = smk.read_text()
@@ -96,7 +96,10 @@ def rules() -> dict[str, dict]:
         for name, body in zip(blocks[1::2], blocks[2::2]):
             body = re.split(r"^\S", body, maxsplit=1, flags=re.M)[0]  # up to the next top-level line
             conda = re.search(r"^\s+conda:\s*\n\s+[\"']([^\"']+)[\"']", body, flags=re.M)
-            step = re.search(r"whisper_ptq\.cli (\w[\w-]*)", body)
+            # a rule runs its step through STEP (common.smk) with params **step("<step>")
+            step = re.search(r'^\s+\*\*step\("(\w+)"\),$', body, flags=re.M)
+            if step:
+                assert re.search(r"^\s+shell:\s*\n\s+STEP$", body, flags=re.M), f"rule {name}: not STEP"
             out[name] = {
                 "conda": (smk.parent / conda.group(1)).resolve() if conda else None,
                 "step": step.group(1) if step else None,
@@ -105,7 +108,7 @@ def rules() -> dict[str, dict]:
     return out
 
 
-# --- static import analysis of a CLI step ------------------------------------------------
+# --- static import analysis of a step ----------------------------------------------------
 
 @lru_cache(maxsize=None)
 def module_tree(mod: str) -> ast.Module | None:
@@ -223,9 +226,10 @@ class StepImports:
 
 
 def step_packages(step: str) -> set[str]:
-    """Distributions (normalised) the CLI step ``step`` imports."""
+    """Distributions (normalised) the step ``step`` (whisper_ptq.steps) imports."""
     walker = StepImports()
-    walker.function("whisper_ptq.cli", f"cmd_{step.replace('-', '_')}")
+    walker.module("whisper_ptq.cli")  # the command every rule runs
+    walker.function("whisper_ptq.steps", step)
     dists = metadata.packages_distributions()
     out = set()
     for top in walker.third_party:
@@ -274,7 +278,7 @@ def test_rule_env_pins_every_package_its_step_imports(rule):
     _, pip = env_spec(r["conda"])
     needed = step_packages(r["step"])
     missing = sorted(needed - set(pip))
-    assert not missing, f"rule {rule} (cli {r['step']}) imports {missing}, not pinned in envs/{r['conda'].name}"
+    assert not missing, f"rule {rule} (step {r['step']}) imports {missing}, not pinned in envs/{r['conda'].name}"
 
 
 def test_import_analysis_follows_calls_into_the_package():

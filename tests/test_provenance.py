@@ -92,9 +92,10 @@ def test_quantize_records_provenance_in_both_metadata_files(random_model_dir, tm
     env = {**os.environ, "PYTHONPATH": str(REPO / "workflow"), "SLURM_JOB_ID": "777",
            "SLURM_JOB_PARTITION": "debug", "SLURM_CLUSTER_NAME": "localcluster"}
     proc = subprocess.run(
-        [sys.executable, "-m", "whisper_ptq.cli", "quantize", "--entry", "t8", "--config",
-         json.dumps(entry), "--model-dir", str(random_model_dir), "--threads", "2",
-         "--out", str(tmp_path / "t8"), "--out-meta", str(tmp_path / "t8.json")],
+        [sys.executable, "-m", "whisper_ptq.cli", "quantize", "--spec",
+         json.dumps({"entry": "t8", "config": entry, "calibration": None}), "--threads", "2",
+         "--model-dir", str(random_model_dir), "--out-checkpoint", str(tmp_path / "t8"),
+         "--out-meta", str(tmp_path / "t8.json")],
         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.loads((tmp_path / "t8.json").read_text())

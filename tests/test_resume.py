@@ -145,7 +145,7 @@ def test_sigkill_during_quantize_and_transcribe_then_resume(ref, tmp_path):
     killed_meta = run / arg(argv, "--out-meta")
     assert not killed_meta.exists()
     # a killed job never leaves its checkpoint under the final name without quant.json
-    ckpt = run / arg(argv, "--out")
+    ckpt = run / arg(argv, "--out-checkpoint")
     assert not ckpt.exists() or (ckpt / "quant.json").is_file()
 
     # the lock of the killed snakemake stays: plain `snakemake` refuses, --unlock clears it

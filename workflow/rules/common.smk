@@ -11,7 +11,7 @@ from snakemake.utils import validate
 PKG = f"{workflow.basedir}/workflow"
 sys.path.insert(0, PKG)
 
-from whisper_ptq import PipelineError, noise, quantizers
+from whisper_ptq import PipelineError, noise, quantizers, steps
 from whisper_ptq.config import Job, Study, cuda_visible
 
 
@@ -47,14 +47,26 @@ if not workflow.remote_exec:
         + (" (auto)" if config["devices"] == "auto" else "")
     )
 
-# Every rule runs `python -m whisper_ptq.cli <step>`. The package is found through
-# PYTHONPATH; `python` is the env's own with --use-conda, and otherwise the interpreter
-# running Snakemake (the project's venv), put first on PATH for the jobs.
-# Both quoted: a checkout path may hold spaces.
+# Every rule runs its step of whisper_ptq.steps through one command, STEP (whisper_ptq.cli),
+# with `params: **step("<rule>")` (steps.rule_params): `spec`, the job's spec, what its
+# result depends on and the only param Snakemake's params re-run trigger sees, and `args`,
+# the step and the job's named paths. (Not `script:`: Snakemake 9 runs it with an unquoted
+# interpreter path, which breaks a venv under a path with spaces; snakemake#2645.) The
+# package is found through PYTHONPATH; `python` is the env's own with --use-conda, and
+# otherwise the interpreter running Snakemake (the project's venv), put first on PATH for
+# the jobs. Both quoted: a checkout path may hold spaces.
 _PATH = ""
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     _PATH = f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(PKG)}; {_PATH}")
+STEP = (
+    "python -m whisper_ptq.cli {params.args} --spec {params.spec:q} --threads {threads}"
+    " > {log} 2>&1"
+)
+
+
+def step(rule):
+    return steps.rule_params(STUDY, rule)
 
 
 wildcard_constraints:
@@ -65,10 +77,6 @@ wildcard_constraints:
     split=noise.SPLIT_PATTERN,
     shard=r"\d+",
     nshards=r"\d+",
-
-
-def entry_config(wildcards):
-    return json.dumps(STUDY.entries[wildcards.entry], sort_keys=True)
 
 
 def library_module(wildcards):
@@ -107,15 +115,6 @@ def calibration_input(wildcards):
         "calib_features": f"data/features/{wildcards.model}/{split}.safetensors",
         "calib_manifest": f"data/features/{wildcards.model}/{split}.manifest.jsonl",
     }
-
-
-def calibration_args(wildcards, input):
-    if "calib_features" not in input.keys():
-        return ""
-    return (
-        f"--calib-features {input.calib_features} --calib-manifest {input.calib_manifest}"
-        f" --calib-n {STUDY.calibration['n']} --calib-split {STUDY.calibration['split']}"
-    )
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,3 @@
-from whisper_ptq.data import known_md5
-from whisper_ptq.modeling import source_fingerprint
-
-
 rule download:
     """Fetch one LibriSpeech split archive (URL from `librispeech_url`), check its md5 and
     extract it atomically."""
@@ -13,33 +9,26 @@ rule download:
     conda:
         "../../envs/data.yaml"
     params:
-        base_url=config["librispeech_url"],
-        # the checksum it will check (config md5, or a file:// mirror's md5sum.txt line):
-        # an archive replaced with its md5 updated re-runs the download
-        md5=lambda wc: known_md5(
-            config["librispeech_url"], wc.split, config["md5"].get(wc.split)
-        ),
+        # its spec holds the md5 it checks: an archive replaced, md5 updated, re-runs it
+        **step("download"),
     shell:
-        "python -m whisper_ptq.cli download --base-url {params.base_url:q} --split {wildcards.split}"
-        " --md5 '{params.md5}' --archive {output.archive} --out {output.split_dir}"
-        " > {log} 2>&1"
+        STEP
 
 
 rule model:
     """Resolve the model source (hub id or local directory) into data/models/<model>."""
     output:
-        directory("data/models/{model}"),
+        model_dir=directory("data/models/{model}"),
     log:
         "logs/model/{model}.log",
     conda:
         "../../envs/data.yaml"
     params:
-        source=lambda wc: STUDY.models[wc.model],
-        # a digest of the source's config and weights (whisper_ptq.modeling.source_fingerprint):
-        # a directory re-converted in place re-runs the copy
-        fingerprint=lambda wc: source_fingerprint(STUDY.models[wc.model]),
+        # its spec holds a digest of the source's config and weights: a directory
+        # re-converted in place re-runs the copy
+        **step("model"),
     shell:
-        "python -m whisper_ptq.cli model --source {params.source:q} --out {output} > {log} 2>&1"
+        STEP
 
 
 # a checkpoint: its manifest fixes how many transcribe shards a split has (common.smk)
@@ -60,7 +49,7 @@ checkpoint features:
     resources:
         mem_mb=8000,
         runtime=lambda wc, attempt: 60 * attempt,  # minutes; more on a retry
+    params:
+        **step("features"),
     shell:
-        "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli features --split-dir {input.split_dir}"
-        " --model-dir {input.model_dir} --split {wildcards.split}"
-        " --out-tensors {output.tensors} --out-manifest {output.manifest} > {log} 2>&1"
+        STEP

@@ -19,9 +19,6 @@ rule quantize:
         runtime=lambda wc, attempt: 60 * attempt,  # minutes; more on a retry
         cpus_per_task=lambda wc, threads: threads,  # CPU job (SLURM); checkpoints are device-free
     params:
-        entry=entry_config,
-        calib=calibration_args,
+        **step("quantize"),
     shell:
-        "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli quantize --entry {wildcards.entry} --config {params.entry:q}"
-        " --model-dir {input.model_dir} --threads {threads} --out {output.checkpoint}"
-        " --out-meta {output.meta} {params.calib} > {log} 2>&1"
+        STEP

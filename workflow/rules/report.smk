@@ -2,10 +2,7 @@
 report: "../report/workflow.rst"
 
 
-BOOTSTRAP = config["bootstrap"]  # schema defaults filled in (common.smk validates)
 REPORT_DIR = "results/report"
-# One Pareto plot per device that has runs.
-PARETO = {d: f"{REPORT_DIR}/pareto_{d}.png" for d in report_devices()}
 # Only the figures whose axes the config has: Fig. 1 needs test-clean and test-other, the
 # noise figure noisy splits, the sweep figure a `sweep:`.
 HAS_FIG1 = {"test-clean", "test-other"} <= set(STUDY.splits)
@@ -45,7 +42,7 @@ FIGURES = (
             "3 Figures",
             {"subcategory": "Pareto", "labels": {"device": d}},
         )
-        for d in PARETO
+        for d in report_devices()  # one per device that has runs
     ]
     + [("noise", "noise", "4 Robustness", {})] * HAS_NOISE
     + [("sweep", "sweep", "5 Sensitivity", {})] * bool(STUDY.sweep)
@@ -65,22 +62,6 @@ if STUDY.sweep:
         category="5 Sensitivity",
     )
 
-# command-line options for the outputs this config has (all paths are fixed)
-REPORT_ARGS = " ".join(
-    ["--pareto"]
-    + [f"{d}={p}" for d, p in PARETO.items()]
-    + [f"--png {REPORT_DIR}/fig1.png --pdf {REPORT_DIR}/fig1.pdf"] * HAS_FIG1
-    + [f"--noise-png {REPORT_DIR}/noise.png"] * HAS_NOISE
-    + [
-        f"--sweep {shlex.quote(json.dumps(STUDY.sweep))}"  # parts in config order
-        f" --sweep-md {REPORT_DIR}/sweep.md --sweep-png {REPORT_DIR}/sweep.png"
-    ]
-    * bool(STUDY.sweep)
-)
-
-# `threads` changes no result (README, "Re-runs"): left out, so it re-runs nothing here either
-RUN_CONFIG = {k: v for k, v in config.items() if k != "threads"}
-
 
 rule report:
     """Runs table, Table 1 (md/tex), terminal summary, main figure, Fig. 1, Pareto,
@@ -89,7 +70,7 @@ rule report:
     input:
         # every selected run plus the fp32 baseline of its model/device/split (ΔWER is
         # against it, even when `only` leaves fp32 out)
-        score_files(),
+        scores=score_files(),
     output:
         **REPORT_OUTPUTS,
     log:
@@ -97,19 +78,10 @@ rule report:
     conda:
         "../../envs/report.yaml"
     params:
-        unsupported=json.dumps(STUDY.unsupported(), sort_keys=True),
-        resamples=BOOTSTRAP["resamples"],
-        seed=BOOTSTRAP["seed"],
-        args=REPORT_ARGS,
-        order=json.dumps(STUDY.entry_order()),
-        run_config=json.dumps(RUN_CONFIG, sort_keys=True, default=str),
+        # which figures it draws is which outputs the rule names (whisper_ptq.steps.report)
+        **step("report"),
     shell:
-        "python -m whisper_ptq.cli report --scores {input} --unsupported {params.unsupported:q}"
-        " --csv {output.csv} --md {output.md} --tex {output.tex} --main-png {output.dwer}"
-        " --summary {output.summary} --config {params.run_config:q} --config-out {output.config}"
-        " --bootstrap-resamples {params.resamples} --seed {params.seed} {params.args}"
-        " --order {params.order:q}"
-        " > {log} 2>&1"
+        STEP
 
 
 REPORT_FILES = [str(f) for f in rules.report.output]

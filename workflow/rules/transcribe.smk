@@ -25,21 +25,9 @@ rule transcribe:
         cpus_per_gpu=lambda wc, threads: threads if wc.device == "cuda" else 0,
         cpus_per_task=lambda wc, threads: 0 if wc.device == "cuda" else threads,
     params:
-        decoding=json.dumps(STUDY.decoding, sort_keys=True),
-        timing=json.dumps(STUDY.timing, sort_keys=True),
-        limit=STUDY.limit,
-        # calibration utterances of this split (if it is the calibration split) are never scored
-        calib_n=lambda wc: STUDY.calibration_excluded(wc.split),
-        # one shard covers the whole split whatever shard_size says: no re-run for it
-        shard_size=lambda wc: STUDY.shard_size if int(wc.nshards) > 1 else 0,
+        **step("transcribe"),
     shell:
-        "HF_HUB_OFFLINE=1 python -m whisper_ptq.cli transcribe --checkpoint {input.checkpoint}"
-        " --model-dir {input.model_dir} --features {input.features}"
-        " --manifest {input.manifest} --device {wildcards.device} --split {wildcards.split}"
-        " --decoding {params.decoding:q} --timing {params.timing:q} --limit '{params.limit}' --threads {threads}"
-        " --calib-n {params.calib_n} --shard {wildcards.shard} --shards {wildcards.nshards}"
-        " --shard-size {params.shard_size}"
-        " --out-hyp {output.hyp} --out-timing {output.timing} > {log} 2>&1"
+        STEP
 
 
 rule score:
@@ -60,7 +48,7 @@ rule score:
         "logs/score/{model}/{device}/{entry}/{split}.log",
     conda:
         "../../envs/report.yaml"
+    params:
+        **step("score"),
     shell:
-        "python -m whisper_ptq.cli score --hyp {input.hyps} --timing {input.timings}"
-        " --meta {input.meta} --fp32-meta {input.fp32_meta} --model {wildcards.model}"
-        " --out {output.score} --out-hyp {output.hyp} --out-timing {output.timing} > {log} 2>&1"
+        STEP

@@ -1,7 +1,7 @@
 """whisper_ptq: the logic behind the Whisper post-training-quantization study pipeline.
 
-The Snakemake rules under ``workflow/rules`` stay thin: each calls one sub-command of
-``python -m whisper_ptq.cli``, which calls the functions of this package.
+The Snakemake rules under ``workflow/rules`` stay thin: each runs its step of
+``whisper_ptq.steps`` from its job's spec and named paths, through ``python -m whisper_ptq.cli``.
 """
 
 __version__ = "0.1.0"
