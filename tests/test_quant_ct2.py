@@ -24,7 +24,7 @@ def entry(scheme):
 def transcribe(ckpt, model_dir, feats, decoding=None):
     from transformers import WhisperTokenizer
 
-    from whisper_ptq.transcribe import make_transcriber
+    from whisper_ptq.decode import make_transcriber
 
     model, _ = load_checkpoint(ckpt, model_dir, "cpu")
     run = make_transcriber(model, WhisperTokenizer.from_pretrained(model_dir), "cpu",
@@ -90,7 +90,7 @@ def test_longform_windows_cover_the_utterance():
 def fp32_texts(model_dir, feats):
     from transformers import WhisperTokenizer
 
-    from whisper_ptq.transcribe import Transcriber
+    from whisper_ptq.decode import Transcriber
 
     model = load_fp32(model_dir)
     run = Transcriber(model, WhisperTokenizer.from_pretrained(model_dir), "cpu",

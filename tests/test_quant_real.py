@@ -13,7 +13,7 @@ from whisper_ptq.features import calibration_batches, calibration_ids, log_mel, 
 from whisper_ptq.io import write_jsonl
 from whisper_ptq.quantizers import get
 from whisper_ptq.scoring import score_rows
-from whisper_ptq.transcribe import run
+from whisper_ptq.decode import run
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ import pytest
 from whisper_ptq import PipelineError
 from whisper_ptq.config import cuda_visible, resolve_devices
 from whisper_ptq.scoring import gather_shards
-from whisper_ptq.transcribe import NB_MAX_FRAMES, make_batches, ordered_rows, shard_bounds
+from whisper_ptq.decode import NB_MAX_FRAMES, make_batches, ordered_rows, shard_bounds
 
 from pipeline_run import (REPO, copy_workflow, env, results, snakemake, snakemake_cmd,
                           write_config, small_config)

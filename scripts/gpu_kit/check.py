@@ -42,7 +42,8 @@ from whisper_ptq.features import (calibration_batches, calibration_ids, compute_
                                   load_manifest)
 from whisper_ptq.io import read_jsonl  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
-from whisper_ptq.transcribe import Transcriber, transcribe_checkpoint  # noqa: E402
+from whisper_ptq.decode import Transcriber  # noqa: E402
+from whisper_ptq.transcribe import transcribe_checkpoint  # noqa: E402
 
 SPLITS = ("test-clean", "test-other")
 # architecture of the real checkpoints (config.json on the hub); weights are random here

@@ -129,7 +129,7 @@ def gather_shards(hyps: list[list[dict]], timings: list[dict]) -> tuple[list[dic
                         "provenance": t.get("provenance")} for t in timings],
     }
     if first.get("regime") == "latency":
-        from .transcribe import latency_stats
+        from .decode import latency_stats
 
         timing.update(latency_stats(timing["batch_seconds"]))
     return rows, timing

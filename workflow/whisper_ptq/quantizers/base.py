@@ -12,7 +12,7 @@ handled by the Quantizer of its library:
   ``quantize`` returns no torch module, CTranslate2, counts its own).
 
 ``load`` may return a non-transformers model (a runtime): it then has a
-``transcriber(tokenizer, device, decoding)`` method giving what ``transcribe.Transcriber``
+``transcriber(tokenizer, device, decoding)`` method giving what ``decode.Transcriber``
 gives, and a ``runtime_info`` dict recorded with the timings.
 
 Two entry forms restrict or mix schemes (libraries opt in with ``supports_parts`` /

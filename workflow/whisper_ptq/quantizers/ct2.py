@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 
 from .. import PipelineError
+from ..features import NB_MAX_FRAMES
 from .base import Quantizer, facts
 
 TOKENIZER = "tokenizer.json"
-NB_MAX_FRAMES = 3000  # one 30 s Whisper window of log-mel frames
 # compute types CTranslate2 documents for CUDA (compute capability >= 8.0, e.g. A100/H100)
 CUDA_TYPES = frozenset({"float32", "int8", "int8_float32", "float16", "int8_float16",
                         "bfloat16", "int8_bfloat16"})
@@ -206,7 +206,7 @@ class CT2Whisper:
 
 
 class CT2Transcriber:
-    """Same contract as transcribe.Transcriber: ``__call__(feats) -> (texts, timing)``."""
+    """Same contract as decode.Transcriber: ``__call__(feats) -> (texts, timing)``."""
 
     def __init__(self, whisper: CT2Whisper, tokenizer, decoding: dict):
         self.model, self.tokenizer = whisper.model, tokenizer

@@ -109,7 +109,7 @@ def _calibrate(model, calibration, observer):
     """Run greedy decoding on the calibration batches so that every layer sees real inputs."""
     import torch
 
-    from ..transcribe import NB_MAX_FRAMES, generation_kwargs
+    from ..decode import NB_MAX_FRAMES, generation_kwargs
 
     kwargs = generation_kwargs(model, {"max_new_tokens": CALIBRATION_MAX_TOKENS})
     # no_grad, not inference_mode: quanto's int4/int2 tensors fail under inference_mode
