@@ -44,7 +44,7 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
         "facts": {"library": entry["library"], **q.describe(entry)},
         "quantize_seconds": seconds,
         # versions, CPU/GPU, threads, git commit, SLURM job of this quantization
-        "provenance": provenance.collect(library=entry["library"]),
+        "provenance": provenance.collect(library=entry["library"], package=q.package),
         "linear_bytes": q.linear_bytes(qmodel, names),
         "fp32_linear_bytes": fp32_linear,
         "calibration_batches": len(calibration or []),

@@ -46,6 +46,8 @@ OUTSIDE = "nn.Linear outside "  # what float_parts() adds for an entry restricte
 
 class Quantizer:
     library: ClassVar[str]
+    # the distribution whose version is this library's (recorded in provenance)
+    package: ClassVar[str]
     # scheme name -> default options of that scheme
     schemes: ClassVar[dict[str, dict[str, Any]]]
     # option name -> allowed values (a tuple) or a type

@@ -40,6 +40,7 @@ HEAD = "proj_out"  # the output head, which transformers never quantizes with bi
 
 class BitsAndBytes(Quantizer):
     library = "bnb"
+    package = "bitsandbytes"
     schemes = {
         "nf4": {"double_quant": False},
         "fp4": {"double_quant": False},

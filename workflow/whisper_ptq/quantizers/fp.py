@@ -9,6 +9,7 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 class FloatBaseline(Quantizer):
     library = "fp"
+    package = "torch"
     schemes = {name: {} for name in DTYPES}
 
     def unsupported(self, entry, device):

@@ -59,6 +59,7 @@ def _set_backend():
 
 class HQQ(Quantizer):
     library = "hqq"
+    package = "hqq"
     schemes = {
         "int8": {"nbits": 8, "group_size": 64},
         "int4": {"nbits": 4, "group_size": 64},

@@ -29,6 +29,7 @@ def _quantize_dynamic(model, granularity, targets=None):
 
 class TorchDynamic(Quantizer):
     library = "torch"
+    package = "torch"
     schemes = {"int8-dynamic": {"granularity": "per-tensor"}}
     options = {"granularity": ("per-tensor", "per-channel")}
     devices = ("cpu",)

@@ -121,6 +121,7 @@ def _calibrate(model, calibration, observer):
 
 class Quanto(Quantizer):
     library = "quanto"
+    package = "optimum-quanto"
     schemes = {
         "int8": {"weights": "int8", "activations": "none"},
         "int4": {"weights": "int4", "activations": "none"},

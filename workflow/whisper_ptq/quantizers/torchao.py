@@ -54,6 +54,7 @@ def _nbytes(t) -> int:
 
 class TorchAO(Quantizer):
     library = "torchao"
+    package = "torchao"
     schemes = {"int8wo": {"compile": False}, "int8dyn": {"compile": False},
                "int4wo": {"compile": False, "group_size": 128}}
     options = {"compile": bool, "group_size": (32, 64, 128, 256)}
