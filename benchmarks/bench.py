@@ -67,7 +67,7 @@ def main(argv=None):
     tokenizer = WhisperTokenizer.from_pretrained(a.model)
     fp32 = load_fp32(a.model)
     q = get("torch")
-    int8 = q.quantize(load_fp32(a.model), q.validate("torch-int8-dyn", {"library": "torch", "scheme": "int8-dynamic"}))
+    int8 = q.quantize(load_fp32(a.model), q.validate("torch-int8-dyn", {"library": "torch", "scheme": "int8-dynamic"})).model
 
     samples = {"pipeline_fp32": [], "bare_fp32": [], "pipeline_int8": [], "loadavg": []}
     for _ in range(a.repeats):

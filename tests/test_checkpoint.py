@@ -34,7 +34,7 @@ def test_fp32_checkpoint_reloads_identically(random_model_dir, tmp_path):
 def test_torch_dynamic_int8_reloads_identically(random_model_dir, tmp_path, granularity):
     q = get("torch")
     entry = q.validate("t", {"library": "torch", "scheme": "int8-dynamic", "granularity": granularity})
-    in_memory = q.quantize(load_fp32(random_model_dir), entry)
+    in_memory = q.quantize(load_fp32(random_model_dir), entry).model
     meta = save_checkpoint("t", entry, random_model_dir, tmp_path / "t")
     reloaded, _ = load_checkpoint(tmp_path / "t", random_model_dir, "cpu")
     assert torch.equal(logits(reloaded), logits(in_memory))

@@ -1,5 +1,7 @@
 """HQQ module: 8/4/3/2-bit per-group weights, safetensors checkpoint (tiny random model)."""
 
+import json
+
 import pytest
 import torch
 from quant_roundtrip import assert_same_outputs, fp32_logits, roundtrip
@@ -55,8 +57,10 @@ def test_layers_that_cannot_be_packed_fall_back_to_axis0(random_model_dir, tmp_p
     # the random model's layers have 64 inputs: groups of 128 do not fit along axis 1
     q = get("hqq")
     entry = q.validate("g", {"library": "hqq", "scheme": "int4", "group_size": 128})
-    meta = save_checkpoint("g", entry, random_model_dir, tmp_path / "g")
-    assert any(n.startswith("proj_out: quantized with axis=0") for n in meta["notes"])
+    save_checkpoint("g", entry, random_model_dir, tmp_path / "g")
+    # quantize() returns the note; save_checkpoint writes it into quant.json
+    notes = json.loads((tmp_path / "g" / "quant.json").read_text())["notes"]
+    assert any(n.startswith("proj_out: quantized with axis=0") for n in notes)
     model, _ = load_checkpoint(tmp_path / "g", random_model_dir, "cpu")
     assert model.proj_out.meta["axis"] == 0
 

@@ -110,7 +110,7 @@ def test_bnb_4bit_checkpoint_matches_the_in_memory_model_on_real_weights(tiny_en
     feats = torch.stack([cache.get(uid)[..., :3000] for uid in calib[:2]])
     for raw in ({"scheme": "nf4"}, {"scheme": "fp4", "double_quant": True}):
         entry = q.validate("b", {"library": "bnb", **raw})
-        model = q.quantize(load_fp32(tiny_en_dir), entry)
+        model = q.quantize(load_fp32(tiny_en_dir), entry).model
         out = tmp_path / raw["scheme"]
         out.mkdir()
         q.save(model, entry, out)

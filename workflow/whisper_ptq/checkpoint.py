@@ -36,7 +36,7 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
     if q.needs_calibration(entry) and not calibration:
         raise PipelineError(f"entry {name!r} needs calibration data and none was given")
     t0 = time.perf_counter()
-    qmodel = q.quantize(model, entry, calibration)
+    qmodel, notes = q.quantize(model, entry, calibration)
     seconds = time.perf_counter() - t0
     meta = {
         "entry": name,
@@ -51,7 +51,7 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
         # which utterances calibrated it (split, n, ids): with the checkpoint, not beside it
         "calibration": calibration_source if calibration else None,
         # per-layer deviations from the scheme a library had to make (e.g. hqq packing)
-        "notes": list(getattr(qmodel, "ptq_notes", [])),
+        "notes": list(notes),
     }
     out_dir = Path(out_dir)
     with atomic_path(out_dir, is_dir=True) as tmp:

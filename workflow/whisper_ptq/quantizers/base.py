@@ -6,7 +6,9 @@ handled by the Quantizer of its library:
 * ``validate(name, entry)`` → the entry with defaults filled in; PipelineError otherwise.
 * ``unsupported(entry, device)`` → None, or why this library cannot run it on the device.
 * ``describe(entry)`` → the scheme facts that go into every result row.
-* ``quantize(model, entry, calibration)`` → the quantized model (in memory, on CPU).
+* ``quantize(model, entry, calibration)`` → ``Quantized(model, notes)``: the quantized model
+  (in memory, on CPU) and its notes, the per-layer deviations from the scheme the library had
+  to make (recorded in ``quant.json``).
 * ``save(model, entry, out_dir)`` / ``load(ckpt_dir, model_dir, entry, device)``.
 * ``linear_bytes(model, names)`` → bytes of the quantized nn.Linear layers (a runtime whose
   ``quantize`` returns no torch module, CTranslate2, counts its own).
@@ -31,7 +33,7 @@ The checkpoint directory holds the library's weight files plus ``quant.json`` (w
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from .. import PipelineError
 from ..parts import all_linear
@@ -42,6 +44,14 @@ DEVICES = ("cpu", "cuda")
 # What every library here leaves in floating point: only nn.Linear layers are quantized.
 FLOAT_PARTS = ["conv front-end", "embed_tokens", "embed_positions", "layer norms"]
 OUTSIDE = "nn.Linear outside "  # what float_parts() adds for an entry restricted to parts
+
+
+class Quantized(NamedTuple):
+    """What ``Quantizer.quantize`` returns."""
+
+    model: Any
+    # per-layer deviations from the scheme the library had to make (e.g. hqq packing)
+    notes: tuple[str, ...] = ()
 
 
 class Quantizer:
@@ -153,7 +163,7 @@ class Quantizer:
         raise NotImplementedError
 
     # -- model ----------------------------------------------------------------------------
-    def quantize(self, model, entry: dict, calibration=None):
+    def quantize(self, model, entry: dict, calibration=None) -> Quantized:
         raise NotImplementedError
 
     def save(self, model, entry: dict, out_dir) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .. import PipelineError
 from ..features import NB_MAX_FRAMES
-from .base import Quantizer, facts
+from .base import Quantized, Quantizer, facts
 
 TOKENIZER = "tokenizer.json"
 # compute types CTranslate2 documents for CUDA (compute capability >= 8.0, e.g. A100/H100)
@@ -114,7 +114,7 @@ class CTranslate2(Quantizer):
 
     # -- model ----------------------------------------------------------------------------
     def quantize(self, model, entry, calibration=None):
-        return Converted(model, entry["scheme"])
+        return Quantized(Converted(model, entry["scheme"]))
 
     def linear_bytes(self, model, names):
         return model.linear_bytes()

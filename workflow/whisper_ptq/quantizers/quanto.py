@@ -31,7 +31,7 @@ import json
 import warnings
 
 from .. import PipelineError
-from .base import Quantizer, facts, float_parts
+from .base import Quantized, Quantizer, facts, float_parts
 
 WEIGHTS = "model.safetensors"
 QMAP = "quantization_map.json"
@@ -206,7 +206,7 @@ class Quanto(Quantizer):
             if self.needs_calibration(entry):
                 _calibrate(model, calibration, _observer(entry))
             freeze(model)
-        return model
+        return Quantized(model)
 
     def save(self, model, entry, out_dir):
         from optimum.quanto import quantization_map
