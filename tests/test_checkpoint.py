@@ -25,9 +25,9 @@ def test_fp32_checkpoint_reloads_identically(random_model_dir, tmp_path):
     model, meta2 = load_checkpoint(tmp_path / "fp32", random_model_dir, "cpu")
     assert torch.equal(logits(model), logits(load_fp32(random_model_dir)))
     # what save returns is what the checkpoint holds and load reads back, field by field
-    assert meta2 == json.loads((tmp_path / "fp32" / "quant.json").read_text())
-    assert meta2 == json.loads(json.dumps(meta, default=str))
-    assert meta["bytes_on_disk"] > 0 and meta["linear_bytes"] == meta["fp32_linear_bytes"]
+    assert meta2.to_json() == json.loads((tmp_path / "fp32" / "quant.json").read_text())
+    assert meta2 == meta and meta2.config == entry and meta2.entry == "fp32"
+    assert meta.bytes_on_disk > 0 and meta.linear_bytes == meta.fp32_linear_bytes
 
 
 @pytest.mark.parametrize("granularity", ["per-tensor", "per-channel"])
@@ -43,8 +43,8 @@ def test_torch_dynamic_int8_reloads_identically(random_model_dir, tmp_path, gran
     assert "Linear" in kinds and not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear
                                          for m in reloaded.modules())
     # int8 weights: the linear layers shrink to about a quarter
-    assert 0.2 < meta["linear_bytes"] / meta["fp32_linear_bytes"] < 0.35
-    assert meta["facts"] == {"library": "torch", "weights": "int8", "activations": "int8",
+    assert 0.2 < meta.linear_bytes / meta.fp32_linear_bytes < 0.35
+    assert meta.facts == {"library": "torch", "weights": "int8", "activations": "int8",
                              "act_mode": "dynamic", "symmetric": True, "granularity": granularity,
                              "group_size": None, "parts": "all",
                              "unquantized": ["conv front-end", "embed_tokens", "embed_positions",

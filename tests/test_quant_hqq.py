@@ -32,16 +32,16 @@ def test_meta_sizes_and_facts(random_model_dir, tmp_path):
     for scheme in ("int8", "int4", "int2"):
         entry = q.validate(scheme, {"library": "hqq", "scheme": scheme})
         metas[scheme] = save_checkpoint(scheme, entry, random_model_dir, tmp_path / scheme)
-    ratio = {s: m["linear_bytes"] / m["fp32_linear_bytes"] for s, m in metas.items()}
+    ratio = {s: m.linear_bytes / m.fp32_linear_bytes for s, m in metas.items()}
     # packed weights + a float32 scale and zero point per group of 64
     assert 0.25 < ratio["int8"] < 0.3
     assert 0.125 < ratio["int4"] < 0.17
     assert 0.0625 < ratio["int2"] < 0.11
-    assert metas["int2"]["bytes_on_disk"] < metas["int4"]["bytes_on_disk"] < metas["int8"]["bytes_on_disk"]
-    f = metas["int4"]["facts"]
+    assert metas["int2"].bytes_on_disk < metas["int4"].bytes_on_disk < metas["int8"].bytes_on_disk
+    f = metas["int4"].facts
     assert (f["library"], f["weights"], f["symmetric"], f["granularity"], f["group_size"]) == \
         ("hqq", "int4", False, "per-group", 64)
-    assert metas["int4"]["notes"] == []
+    assert metas["int4"].notes == []
     model, _ = load_checkpoint(tmp_path / "int4", random_model_dir, "cpu")
     # proj_out is a separate quantized copy; the tied embedding stays float32
     assert type(model.proj_out).__name__ == "HQQLinear"

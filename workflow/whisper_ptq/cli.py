@@ -43,7 +43,6 @@ def cmd_features(a):
 
 def cmd_quantize(a):
     from .checkpoint import save_checkpoint
-    from .io import write_json
     from .modeling import set_threads
 
     set_threads(a.threads)
@@ -58,8 +57,8 @@ def cmd_quantize(a):
         calib = {"split": a.calib_split, "n": a.calib_n, "ids": ids}
     meta = save_checkpoint(a.entry, a.config, a.model_dir, a.out, calibration=calibration,
                            calibration_source=calib)
-    write_json(a.out_meta, meta)
-    print(f"{a.entry}: {meta['bytes_on_disk']} bytes on disk")
+    meta.write(a.out_meta)
+    print(f"{a.entry}: {meta.bytes_on_disk} bytes on disk")
 
 
 def cmd_transcribe(a):
@@ -71,35 +70,15 @@ def cmd_transcribe(a):
                               a.decoding, a.out_hyp, a.out_timing, limit=a.limit, exclude=exclude,
                               split=a.split, threads=a.threads, shard=(a.shard, a.shards),
                               shard_size=a.shard_size, **a.timing)
-    print(f"{a.split} shard {a.shard + 1}/{a.shards}: {t['utterances']} utterances, "
-          f"RTF {t['rtf']:.4f}")
+    print(f"{a.split} shard {a.shard + 1}/{a.shards}: {t.utterances} utterances, RTF {t.rtf:.4f}")
 
 
 def cmd_score(a):
-    from .io import read_json, read_jsonl, write_json, write_jsonl
-    from .scoring import gather_shards, score_rows, size_reduction
+    from .scoring import score_run
 
-    if len(a.hyp) != len(a.timing):
-        raise PipelineError(f"score: {len(a.hyp)} --hyp files but {len(a.timing)} --timing files")
-    hyp, timing = gather_shards([read_jsonl(h) for h in a.hyp], [read_json(t) for t in a.timing])
-    write_jsonl(a.out_hyp, hyp)
-    write_json(a.out_timing, timing)
-    score = score_rows(hyp)
-    # score["utterances"] is the per-utterance list; the count goes to n_utterances
-    score.update({k: timing[k] for k in ("entry", "split", "device", "facts", "audio_seconds",
-                                         "compute_seconds", "rtf", "rtfx", "threads",
-                                         "batch_size", "shards", "mixed_hardware")})
-    score["n_utterances"] = timing["utterances"]
-    score["model"] = a.model
-    meta = read_json(a.meta)
-    # what produced this result: the entry's config, decoding, and both steps' provenance
-    score.update({"config": meta["config"], "decoding": timing.get("decoding"),
-                  "provenance": {"quantize": meta.get("provenance"),
-                                 "transcribe": timing.get("provenance")}})
-    score.update(size_reduction(meta, read_json(a.fp32_meta)))
-    write_json(a.out, score)
-    print(f"{a.model} {score['entry']} {score['device']} {score['split']}: "
-          f"WER {score['wer']:.2f} CER {score['cer']:.2f}")
+    s = score_run(a.hyp, a.timing, a.meta, a.fp32_meta, a.model, out=a.out, out_hyp=a.out_hyp,
+                  out_timing=a.out_timing)
+    print(f"{s.model} {s.entry} {s.device} {s.split}: WER {s.wer:.2f} CER {s.cer:.2f}")
 
 
 def cmd_report(a):

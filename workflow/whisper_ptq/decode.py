@@ -162,7 +162,8 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         exclude=(), split="", threads=None, regime="throughput", warmup_batches=1, progress=True,
         shard=(0, 1), shard_size=None, sort=True):
     """Transcribe shard ``shard = (index, count)`` of a split (``shard_size`` utterances each);
-    return (hypothesis rows, timing dict)."""
+    return (hypothesis rows, timing dict): the measured fields of a ``records.ShardTiming``,
+    which the transcribe step completes with what the checkpoint and process tell."""
     import torch
     from tqdm import tqdm
 

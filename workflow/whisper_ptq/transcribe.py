@@ -8,7 +8,8 @@ from __future__ import annotations
 from . import PipelineError
 from .decode import run, shard_bounds  # noqa: F401  (rules/common.smk imports shard_bounds here)
 from .features import calibration_ids, load_manifest
-from .io import write_json, write_jsonl
+from .io import write_jsonl
+from .records import ShardTiming
 
 
 def excluded_ids(manifest_path, calib_n: int, split: str = "") -> list[str]:
@@ -18,7 +19,8 @@ def excluded_ids(manifest_path, calib_n: int, split: str = "") -> list[str]:
 
 def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, device, decoding,
                           out_hyp, out_timing, *, threads, limit=None, exclude=(), split="",
-                          regime="throughput", warmup_batches=1, shard=(0, 1), shard_size=None):
+                          regime="throughput", warmup_batches=1, shard=(0, 1),
+                          shard_size=None) -> ShardTiming:
     from transformers import WhisperTokenizer
 
     from . import provenance
@@ -29,16 +31,15 @@ def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, dev
     threads = set_threads(threads)
     model, meta = load_checkpoint(ckpt_dir, model_dir, device)
     tokenizer = WhisperTokenizer.from_pretrained(model_dir)
-    rows, timing = run(model, tokenizer, features_path, manifest_path, device, decoding,
-                       limit=limit, exclude=exclude, split=split, threads=threads,
-                       regime=regime, warmup_batches=warmup_batches, shard=shard,
-                       shard_size=shard_size)
+    rows, measured = run(model, tokenizer, features_path, manifest_path, device, decoding,
+                         limit=limit, exclude=exclude, split=split, threads=threads,
+                         regime=regime, warmup_batches=warmup_batches, shard=shard,
+                         shard_size=shard_size)
     if not rows:
         raise PipelineError(f"split {split}: nothing was transcribed")
-    timing.update({"entry": meta["entry"], "split": split, "facts": meta["facts"],
-                   "decoding": decoding, "provenance": provenance.collect(threads),
-                   # a non-torch runtime's own threads and compute type (CTranslate2)
-                   "runtime": getattr(model, "runtime_info", None)})
+    timing = ShardTiming(**measured, entry=meta.entry, split=split, facts=meta.facts,
+                         decoding=decoding, provenance=provenance.collect(threads),
+                         runtime=getattr(model, "runtime_info", None))
     write_jsonl(out_hyp, rows)
-    write_json(out_timing, timing)
+    timing.write(out_timing)
     return timing
