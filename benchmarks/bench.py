@@ -1,6 +1,6 @@
 """Benchmarks of the measurement harness on real weights and real audio (issue 5).
 
-(a) harness overhead: the pipeline's transcription (``whisper_ptq.transcribe.run``) against a
+(a) harness overhead: the pipeline's transcription (``whisper_ptq.decode.run``) against a
     bare ``model.generate`` loop over the same cached features and batch size;
 (b) PyTorch dynamic int8 vs fp32 transcription speed on CPU;
 (c) the features step (once per split) against the transcribe step (once per entry × device).
@@ -30,7 +30,7 @@ from whisper_ptq.data import extract_split  # noqa: E402
 from whisper_ptq.features import FeatureCache, compute_features, load_manifest, select  # noqa: E402
 from whisper_ptq.modeling import load_fp32, set_threads  # noqa: E402
 from whisper_ptq.quantizers import get  # noqa: E402
-from whisper_ptq.transcribe import generation_kwargs, make_batches, run  # noqa: E402
+from whisper_ptq.decode import generation_kwargs, make_batches, run  # noqa: E402
 
 
 def bare_loop(model, tokenizer, cache, rows, batch_size, decoding) -> float:
@@ -67,7 +67,7 @@ def main(argv=None):
     tokenizer = WhisperTokenizer.from_pretrained(a.model)
     fp32 = load_fp32(a.model)
     q = get("torch")
-    int8 = q.quantize(load_fp32(a.model), q.validate("torch-int8-dyn", {"library": "torch", "scheme": "int8-dynamic"}))
+    int8 = q.quantize(load_fp32(a.model), q.validate("torch-int8-dyn", {"library": "torch", "scheme": "int8-dynamic"})).model
 
     samples = {"pipeline_fp32": [], "bare_fp32": [], "pipeline_int8": [], "loadavg": []}
     for _ in range(a.repeats):

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 
 from whisper_ptq.config import load_study  # noqa: E402
-from whisper_ptq.transcribe import shard_bounds  # noqa: E402
+from whisper_ptq.decode import shard_bounds  # noqa: E402
 
 # public architectures (config.json of openai/whisper-{tiny.en,base,small})
 DIMS = {

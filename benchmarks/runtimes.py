@@ -32,7 +32,7 @@ from whisper_ptq import provenance  # noqa: E402
 from whisper_ptq.modeling import set_threads  # noqa: E402
 from whisper_ptq.quantizers import get  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
-from whisper_ptq.transcribe import run  # noqa: E402
+from whisper_ptq.decode import run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRIES = ["fp32", "torch-int8-dyn", "ct2-fp32", "ct2-int8", "torchao-int8wo", "torchao-int8dyn",

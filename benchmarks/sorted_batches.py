@@ -1,6 +1,6 @@
 """Length-sorted batches against manifest (id) order: speed and fp32 WER (issue 10).
 
-The pipeline batches a split's utterances longest first (whisper_ptq.transcribe.ordered_rows),
+The pipeline batches a split's utterances longest first (whisper_ptq.decode.ordered_rows),
 so a batch holds transcripts of similar length and fewer decoder steps go to padding. This
 compares it with the previous order (utterance id), the same utterances and batch size:
 
@@ -30,7 +30,7 @@ from whisper_ptq.data import extract_split  # noqa: E402
 from whisper_ptq.features import compute_features  # noqa: E402
 from whisper_ptq.modeling import load_fp32, set_threads  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
-from whisper_ptq.transcribe import run  # noqa: E402
+from whisper_ptq.decode import run  # noqa: E402
 from common import loadavg  # noqa: E402
 
 ARMS = {"sorted": True, "manifest_order": False}

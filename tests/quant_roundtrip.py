@@ -27,7 +27,7 @@ def roundtrip(library: str, raw: dict, model_dir, out_dir, calibration=None):
     """
     q = get(library)
     entry = q.validate("e", {"library": library, **raw})
-    model = q.quantize(load_fp32(model_dir), entry, calibration)
+    model = q.quantize(load_fp32(model_dir), entry, calibration).model
     out_dir.mkdir(parents=True, exist_ok=True)
     q.save(model, entry, out_dir)
     reloaded = q.load(out_dir, model_dir, entry, "cpu")

@@ -25,16 +25,16 @@ def test_fp32_checkpoint_reloads_identically(random_model_dir, tmp_path):
     model, meta2 = load_checkpoint(tmp_path / "fp32", random_model_dir, "cpu")
     assert torch.equal(logits(model), logits(load_fp32(random_model_dir)))
     # what save returns is what the checkpoint holds and load reads back, field by field
-    assert meta2 == json.loads((tmp_path / "fp32" / "quant.json").read_text())
-    assert meta2 == json.loads(json.dumps(meta, default=str))
-    assert meta["bytes_on_disk"] > 0 and meta["linear_bytes"] == meta["fp32_linear_bytes"]
+    assert meta2.to_json() == json.loads((tmp_path / "fp32" / "quant.json").read_text())
+    assert meta2 == meta and meta2.config == entry and meta2.entry == "fp32"
+    assert meta.bytes_on_disk > 0 and meta.linear_bytes == meta.fp32_linear_bytes
 
 
 @pytest.mark.parametrize("granularity", ["per-tensor", "per-channel"])
 def test_torch_dynamic_int8_reloads_identically(random_model_dir, tmp_path, granularity):
     q = get("torch")
     entry = q.validate("t", {"library": "torch", "scheme": "int8-dynamic", "granularity": granularity})
-    in_memory = q.quantize(load_fp32(random_model_dir), entry)
+    in_memory = q.quantize(load_fp32(random_model_dir), entry).model
     meta = save_checkpoint("t", entry, random_model_dir, tmp_path / "t")
     reloaded, _ = load_checkpoint(tmp_path / "t", random_model_dir, "cpu")
     assert torch.equal(logits(reloaded), logits(in_memory))
@@ -43,8 +43,8 @@ def test_torch_dynamic_int8_reloads_identically(random_model_dir, tmp_path, gran
     assert "Linear" in kinds and not any(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear
                                          for m in reloaded.modules())
     # int8 weights: the linear layers shrink to about a quarter
-    assert 0.2 < meta["linear_bytes"] / meta["fp32_linear_bytes"] < 0.35
-    assert meta["facts"] == {"library": "torch", "weights": "int8", "activations": "int8",
+    assert 0.2 < meta.linear_bytes / meta.fp32_linear_bytes < 0.35
+    assert meta.facts == {"library": "torch", "weights": "int8", "activations": "int8",
                              "act_mode": "dynamic", "symmetric": True, "granularity": granularity,
                              "group_size": None, "parts": "all",
                              "unquantized": ["conv front-end", "embed_tokens", "embed_positions",

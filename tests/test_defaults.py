@@ -12,7 +12,7 @@ import yaml
 from whisper_ptq import cli, stats
 from whisper_ptq.config import SCHEMA, validate_schema
 from whisper_ptq.schema import schema_default, with_defaults
-from whisper_ptq.transcribe import generation_kwargs
+from whisper_ptq.decode import generation_kwargs
 
 
 def test_schema_default_reads_the_schema_file():

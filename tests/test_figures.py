@@ -23,9 +23,9 @@ SWEEP = {"entry": "torch-int8", "parts": {"encoder": "torch-int8+encoder",
 
 def score(entry, split, errors, **kw):
     s = make_score("base", "cpu", entry, split, errors, spk_prefix=split[5], **kw)
-    s["facts"]["library"] = LIBS[entry]
+    s.facts["library"] = LIBS[entry]
     if "+" in entry:
-        s["facts"]["parts"] = entry.split("+")[1]
+        s.facts["parts"] = entry.split("+")[1]
     return s
 
 

@@ -120,7 +120,7 @@ def test_torch_entry_with_parts_quantizes_exactly_those_modules(model):
     entry = q.validate("t", {"library": "torch", "scheme": "int8-dynamic",
                              "parts": ["encoder.ffn", "decoder.cross_attn"]})
     assert entry["parts"] == ["encoder.ffn", "decoder.cross_attn"]
-    qm = q.quantize(copy.deepcopy(model), entry)
+    qm = q.quantize(copy.deepcopy(model), entry).model
     dyn = torch.ao.nn.quantized.dynamic.Linear
     quantized = {n for n, m in qm.named_modules() if isinstance(m, dyn)}
     assert quantized == set(linear_names(model, entry["parts"]))
@@ -131,7 +131,7 @@ def test_torch_entry_with_parts_quantizes_exactly_those_modules(model):
     assert "nn.Linear outside encoder.ffn+decoder.cross_attn" in facts["unquantized"]
     # without parts: every nn.Linear, and facts say so
     full = q.quantize(copy.deepcopy(model), q.validate("t", {"library": "torch",
-                                                           "scheme": "int8-dynamic"}))
+                                                           "scheme": "int8-dynamic"})).model
     assert {n for n, m in full.named_modules() if isinstance(m, dyn)} == set(all_linear(model))
     assert q.describe(q.validate("t", {"library": "torch", "scheme": "int8-dynamic"}))["parts"] == "all"
 

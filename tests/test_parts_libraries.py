@@ -107,7 +107,7 @@ def test_mixed_recipe_is_smaller_than_8bit_and_larger_than_4bit(random_model_dir
     for name, raw in {"int8": {"scheme": "int8"}, "int4": {"scheme": "int4"},
                       "mix": RECIPES["hqq"]}.items():
         entry = q.validate(name, {"library": "hqq", **raw})
-        sizes[name] = save_checkpoint(name, entry, random_model_dir, tmp_path / name)["linear_bytes"]
+        sizes[name] = save_checkpoint(name, entry, random_model_dir, tmp_path / name).linear_bytes
     assert sizes["int4"] < sizes["mix"] < sizes["int8"]
 
 

@@ -58,18 +58,24 @@ def test_slurm_info_only_inside_a_job():
 
 
 def test_library_info_names_the_distribution_and_its_version():
-    for library, package in [("fp", "torch"), ("torch", "torch"), ("quanto", "optimum-quanto"),
-                             ("hqq", "hqq"), ("bnb", "bitsandbytes")]:
-        info = provenance.library_info(library)
+    from whisper_ptq.quantizers import LIBRARIES, get
+
+    # the distribution is a fact of the library's class
+    expected = {"fp": "torch", "torch": "torch", "quanto": "optimum-quanto", "hqq": "hqq",
+                "bnb": "bitsandbytes", "ct2": "ctranslate2", "torchao": "torchao"}
+    assert {library: get(library).package for library in LIBRARIES} == expected
+    for library, package in expected.items():
+        info = provenance.library_info(library, get(library).package)
         assert info == {"name": library, "package": package, "version": metadata.version(package)}
-    assert provenance.library_info(None) is None
+        assert package in provenance.PACKAGES  # every library's version is recorded too
+    assert provenance.library_info(None, None) is None
 
 
 def test_collect_in_this_process(monkeypatch):
     import torch
 
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    prov = provenance.collect(3, library="torch")
+    prov = provenance.collect(3, library="torch", package="torch")
     assert prov["python"] == platform.python_version()
     assert prov["packages"]["torch"] == metadata.version("torch")
     assert prov["packages"]["transformers"] == metadata.version("transformers")

@@ -32,8 +32,10 @@ def test_saving_after_a_forward_pass_is_refused(random_model_dir, tmp_path):
     """The CPU 4-bit repack-on-first-forward bug: a checkpoint must be written before."""
     q = get("bnb")
     entry = q.validate("n", {"library": "bnb", "scheme": "nf4"})
-    model = q.quantize(load_fp32(random_model_dir), entry)
+    model = q.quantize(load_fp32(random_model_dir), entry).model
+    q.save(model, entry, tmp_path / "before")  # fine before any forward pass
     outputs(model)
+    assert not [a for a in vars(model) if a.startswith("_ptq")]  # the guard is not on the model
     with pytest.raises(PipelineError, match="already run a forward pass"):
         q.save(model, entry, tmp_path)
 
@@ -44,20 +46,20 @@ def test_meta_sizes_and_facts(random_model_dir, tmp_path):
                                 tmp_path / n)
              for n, raw in {"nf4": {"scheme": "nf4"}, "nf4-dq": {"scheme": "nf4", "double_quant": True},
                             "int8": {"scheme": "int8", "threshold": 6}}.items()}
-    fp32 = metas["nf4"]["fp32_linear_bytes"]
+    fp32 = metas["nf4"].fp32_linear_bytes
     cfg = json.loads((random_model_dir / "config.json").read_text())
     head = cfg["vocab_size"] * cfg["d_model"] * 4  # the tied fp32 proj_out, in the linear bytes
-    body = {n: (m["linear_bytes"] - head) / (fp32 - head) for n, m in metas.items()}
+    body = {n: (m.linear_bytes - head) / (fp32 - head) for n, m in metas.items()}
     assert 0.125 < body["nf4"] < 0.2  # 4-bit + a float32 absmax per 64 weights
     assert 0.25 < body["int8"] < 0.3
-    assert metas["nf4"]["facts"]["weights"] == "nf4"
-    assert metas["nf4-dq"]["facts"]["weights"] == "nf4 + double-quant int8 scales"
-    f8 = metas["int8"]["facts"]
+    assert metas["nf4"].facts["weights"] == "nf4"
+    assert metas["nf4-dq"].facts["weights"] == "nf4 + double-quant int8 scales"
+    f8 = metas["int8"].facts
     assert (f8["act_mode"], f8["granularity"], f8["symmetric"]) == ("dynamic", "per-channel", True)
-    assert metas["int8"]["config"]["threshold"] == 6.0
+    assert metas["int8"].config["threshold"] == 6.0
     assert any("proj_out" in u for u in f8["unquantized"])
     model, meta = load_checkpoint(tmp_path / "nf4-dq", random_model_dir, "cpu")
-    assert meta["entry"] == "nf4-dq"
+    assert meta.entry == "nf4-dq"
 
 
 def test_bad_entries_are_clear_errors():

@@ -24,7 +24,7 @@ def entry(scheme):
 def transcribe(ckpt, model_dir, feats, decoding=None):
     from transformers import WhisperTokenizer
 
-    from whisper_ptq.transcribe import make_transcriber
+    from whisper_ptq.decode import make_transcriber
 
     model, _ = load_checkpoint(ckpt, model_dir, "cpu")
     run = make_transcriber(model, WhisperTokenizer.from_pretrained(model_dir), "cpu",
@@ -39,13 +39,13 @@ def test_checkpoint_is_the_converted_model_with_its_sizes(random_model_dir, tmp_
         "model.bin", "config.json", "vocabulary.json", "tokenizer.json", "quant.json"}
     f32, i8 = metas["float32"], metas["int8"]
     # fp32: the fused q/k/v linears add k's zero bias, nothing else
-    assert 0 < f32["linear_bytes"] - f32["fp32_linear_bytes"] < 0.01 * f32["fp32_linear_bytes"]
-    assert 0.25 < i8["linear_bytes"] / i8["fp32_linear_bytes"] < 0.3  # int8 + f32 row scales
+    assert 0 < f32.linear_bytes - f32.fp32_linear_bytes < 0.01 * f32.fp32_linear_bytes
+    assert 0.25 < i8.linear_bytes / i8.fp32_linear_bytes < 0.3  # int8 + f32 row scales
     # on disk the int8 checkpoint saves at least what its linears shrink by
-    saved = f32["bytes_on_disk"] - i8["bytes_on_disk"]
-    assert saved >= f32["linear_bytes"] - i8["linear_bytes"] > 0.7 * f32["fp32_linear_bytes"]
-    assert (i8["facts"]["weights"], i8["facts"]["act_mode"]) == ("int8", "dynamic")
-    assert i8["provenance"]["quantization_library"]["version"] == ctranslate2.__version__
+    saved = f32.bytes_on_disk - i8.bytes_on_disk
+    assert saved >= f32.linear_bytes - i8.linear_bytes > 0.7 * f32.fp32_linear_bytes
+    assert (i8.facts["weights"], i8.facts["act_mode"]) == ("int8", "dynamic")
+    assert i8.provenance["quantization_library"]["version"] == ctranslate2.__version__
     (texts, timing), model = transcribe(tmp_path / "int8", random_model_dir, FEATS)
     assert len(texts) == 1 and timing["encoder"] > 0 and timing["decoder"] > 0
     assert model.runtime_info["inter_threads"] == 1
@@ -90,7 +90,7 @@ def test_longform_windows_cover_the_utterance():
 def fp32_texts(model_dir, feats):
     from transformers import WhisperTokenizer
 
-    from whisper_ptq.transcribe import Transcriber
+    from whisper_ptq.decode import Transcriber
 
     model = load_fp32(model_dir)
     run = Transcriber(model, WhisperTokenizer.from_pretrained(model_dir), "cpu",

@@ -1,5 +1,7 @@
 """HQQ module: 8/4/3/2-bit per-group weights, safetensors checkpoint (tiny random model)."""
 
+import json
+
 import pytest
 import torch
 from quant_roundtrip import assert_same_outputs, fp32_logits, roundtrip
@@ -30,16 +32,16 @@ def test_meta_sizes_and_facts(random_model_dir, tmp_path):
     for scheme in ("int8", "int4", "int2"):
         entry = q.validate(scheme, {"library": "hqq", "scheme": scheme})
         metas[scheme] = save_checkpoint(scheme, entry, random_model_dir, tmp_path / scheme)
-    ratio = {s: m["linear_bytes"] / m["fp32_linear_bytes"] for s, m in metas.items()}
+    ratio = {s: m.linear_bytes / m.fp32_linear_bytes for s, m in metas.items()}
     # packed weights + a float32 scale and zero point per group of 64
     assert 0.25 < ratio["int8"] < 0.3
     assert 0.125 < ratio["int4"] < 0.17
     assert 0.0625 < ratio["int2"] < 0.11
-    assert metas["int2"]["bytes_on_disk"] < metas["int4"]["bytes_on_disk"] < metas["int8"]["bytes_on_disk"]
-    f = metas["int4"]["facts"]
+    assert metas["int2"].bytes_on_disk < metas["int4"].bytes_on_disk < metas["int8"].bytes_on_disk
+    f = metas["int4"].facts
     assert (f["library"], f["weights"], f["symmetric"], f["granularity"], f["group_size"]) == \
         ("hqq", "int4", False, "per-group", 64)
-    assert metas["int4"]["notes"] == []
+    assert metas["int4"].notes == []
     model, _ = load_checkpoint(tmp_path / "int4", random_model_dir, "cpu")
     # proj_out is a separate quantized copy; the tied embedding stays float32
     assert type(model.proj_out).__name__ == "HQQLinear"
@@ -55,8 +57,10 @@ def test_layers_that_cannot_be_packed_fall_back_to_axis0(random_model_dir, tmp_p
     # the random model's layers have 64 inputs: groups of 128 do not fit along axis 1
     q = get("hqq")
     entry = q.validate("g", {"library": "hqq", "scheme": "int4", "group_size": 128})
-    meta = save_checkpoint("g", entry, random_model_dir, tmp_path / "g")
-    assert any(n.startswith("proj_out: quantized with axis=0") for n in meta["notes"])
+    save_checkpoint("g", entry, random_model_dir, tmp_path / "g")
+    # quantize() returns the note; save_checkpoint writes it into quant.json
+    notes = json.loads((tmp_path / "g" / "quant.json").read_text())["notes"]
+    assert any(n.startswith("proj_out: quantized with axis=0") for n in notes)
     model, _ = load_checkpoint(tmp_path / "g", random_model_dir, "cpu")
     assert model.proj_out.meta["axis"] == 0
 

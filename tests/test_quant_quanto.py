@@ -64,13 +64,13 @@ def test_checkpoint_meta_and_sizes(random_model_dir, tmp_path):
     m8, m4 = metas["int8"], metas["int4"]
     want = {"library": "quanto", "weights": "int8", "activations": "float32", "act_mode": "none",
             "symmetric": True, "granularity": "per-channel", "group_size": None}
-    assert {k: m8["facts"][k] for k in want} == want
-    assert m4["facts"]["symmetric"] is False and m4["facts"]["granularity"] == "per-group"
-    assert "embed_tokens" in m8["facts"]["unquantized"]
+    assert {k: m8.facts[k] for k in want} == want
+    assert m4.facts["symmetric"] is False and m4.facts["granularity"] == "per-group"
+    assert "embed_tokens" in m8.facts["unquantized"]
     # int8: a byte per weight + a float32 scale per row ≈ a quarter of fp32
-    assert 0.25 < m8["linear_bytes"] / m8["fp32_linear_bytes"] < 0.3
-    assert m4["linear_bytes"] < 0.65 * m8["linear_bytes"]
-    assert m4["bytes_on_disk"] < m8["bytes_on_disk"]
+    assert 0.25 < m8.linear_bytes / m8.fp32_linear_bytes < 0.3
+    assert m4.linear_bytes < 0.65 * m8.linear_bytes
+    assert m4.bytes_on_disk < m8.bytes_on_disk
     model, _ = load_checkpoint(tmp_path / "int8", random_model_dir, "cpu")
     assert type(model.proj_out).__name__ == "QLinear"
 

@@ -13,7 +13,7 @@ from whisper_ptq.features import calibration_batches, calibration_ids, log_mel, 
 from whisper_ptq.io import write_jsonl
 from whisper_ptq.quantizers import get
 from whisper_ptq.scoring import score_rows
-from whisper_ptq.transcribe import run
+from whisper_ptq.decode import run
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def test_bnb_4bit_checkpoint_matches_the_in_memory_model_on_real_weights(tiny_en
     feats = torch.stack([cache.get(uid)[..., :3000] for uid in calib[:2]])
     for raw in ({"scheme": "nf4"}, {"scheme": "fp4", "double_quant": True}):
         entry = q.validate("b", {"library": "bnb", **raw})
-        model = q.quantize(load_fp32(tiny_en_dir), entry)
+        model = q.quantize(load_fp32(tiny_en_dir), entry).model
         out = tmp_path / raw["scheme"]
         out.mkdir()
         q.save(model, entry, out)

@@ -38,17 +38,17 @@ def test_meta_sizes_and_facts(random_model_dir, tmp_path):
     q = get("torchao")
     metas = {n: save_checkpoint(n, q.validate(n, {"library": "torchao", **raw}), random_model_dir,
                                 tmp_path / n) for n, raw in RAW.items()}
-    fp32 = metas["int8wo"]["fp32_linear_bytes"]
-    assert 0.25 < metas["int8wo"]["linear_bytes"] / fp32 < 0.3  # int8 + a scale per row
+    fp32 = metas["int8wo"].fp32_linear_bytes
+    assert 0.25 < metas["int8wo"].linear_bytes / fp32 < 0.3  # int8 + a scale per row
     cfg = json.loads((random_model_dir / "config.json").read_text())
     head = cfg["vocab_size"] * cfg["d_model"] * 4  # int4: the fp32 head is counted in full
-    assert 0.125 < (metas["int4wo"]["linear_bytes"] - head) / (fp32 - head) < 0.2
-    assert metas["int4wo"]["notes"] == []  # every other linear was packed
-    f = metas["int8dyn"]["facts"]
+    assert 0.125 < (metas["int4wo"].linear_bytes - head) / (fp32 - head) < 0.2
+    assert metas["int4wo"].notes == []  # every other linear was packed
+    f = metas["int8dyn"].facts
     assert (f["weights"], f["act_mode"], f["granularity"], f["compile"]) == (
         "int8", "dynamic", "per-channel", False)
-    assert metas["int4wo"]["facts"]["group_size"] == 32
-    assert metas["int8wo"]["provenance"]["quantization_library"]["package"] == "torchao"
+    assert metas["int4wo"].facts["group_size"] == 32
+    assert metas["int8wo"].provenance["quantization_library"]["package"] == "torchao"
 
 
 def test_int4_notes_the_layers_torchao_leaves_float(random_model_dir):
@@ -56,8 +56,9 @@ def test_int4_notes_the_layers_torchao_leaves_float(random_model_dir):
     entry = q.validate("x", {"library": "torchao", "scheme": "int4wo", "group_size": 128})
     from whisper_ptq.modeling import load_fp32
 
-    model = q.quantize(load_fp32(random_model_dir), entry)
-    assert model.ptq_notes and all("left float by torchao" in n for n in model.ptq_notes)
+    model, notes = q.quantize(load_fp32(random_model_dir), entry)
+    assert notes and all("left float by torchao" in n for n in notes)
+    assert not hasattr(model, "ptq_notes")  # the notes come back, not on the model
 
 
 @pytest.mark.slow  # inductor compiles encoder, decoder and head: most of this file's time
@@ -68,7 +69,7 @@ def test_compiled_entry_decodes_like_eager(random_model_dir, tmp_path):
         save_checkpoint(name, entry, random_model_dir, tmp_path / name)
     eager, _ = load_checkpoint(tmp_path / "eager", random_model_dir, "cpu")
     compiled, meta = load_checkpoint(tmp_path / "compiled", random_model_dir, "cpu")
-    assert meta["facts"]["compile"] is True
+    assert meta.facts["compile"] is True
     feats = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         a = eager.generate(feats, max_new_tokens=3, do_sample=False, num_beams=1)
@@ -112,7 +113,7 @@ def test_real_tiny_en_int8_stays_close_and_reloads_identically(tiny_en_dir, real
         wer = pipeline_wer(tmp_path / scheme, tiny_en_dir, real_cache)
         print(f"tiny.en {N_SCORED} utts: fp32 WER {base:.2f}, torchao-{scheme} {wer:.2f}")
         assert wer - base <= MAX_WER_INCREASE
-        model = q.quantize(load_fp32(tiny_en_dir), entry)
+        model = q.quantize(load_fp32(tiny_en_dir), entry).model
         reloaded, _ = load_checkpoint(tmp_path / scheme, tiny_en_dir, "cpu")
         with torch.no_grad():
             a = model.generate(feats, max_new_tokens=60)

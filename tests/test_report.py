@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from whisper_ptq import PipelineError, report
-from whisper_ptq.io import write_json
+from whisper_ptq.records import Score
 
 OLD_COLUMNS = [
     "model", "entry", "device", "split", "status", "library", "weights", "activations",
@@ -28,8 +28,8 @@ def counts(errors, n):
 
 def make_score(model, device, entry, split, errors, *, n=20, size=0.0, rtf=0.5, spk_prefix="s",
                hyp=None):
-    """A score file like ``whisper_ptq.cli score`` writes; ``errors[i]`` = word errors of
-    utterance i (4 utterances per speaker)."""
+    """A score like the score step writes; ``errors[i]`` = word errors of utterance i
+    (4 utterances per speaker)."""
     utts = []
     for i, e in enumerate(errors):
         utts.append({"id": f"{split[:6]}-{i:03d}", "speaker": f"{spk_prefix}{i // 4}",
@@ -39,28 +39,30 @@ def make_score(model, device, entry, split, errors, *, n=20, size=0.0, rtf=0.5, 
     tot = lambda unit: {k: sum(u[unit][k] for u in utts) for k in utts[0][unit]}
     w, c = tot("words"), tot("chars")
     audio = 10.0 * len(utts)
-    return {
-        "model": model, "device": device, "entry": entry, "split": split,
-        "wer": 100.0 * w["substitutions"] / w["n"], "cer": 100.0 * c["substitutions"] / c["n"],
-        "words": w, "chars": c, "utterances": utts, "n_utterances": len(utts),
-        "audio_seconds": audio,
-        "compute_seconds": rtf * audio, "rtf": rtf, "rtfx": 1 / rtf, "threads": 2,
-        "batch_size": 16, "size_reduction": size, "linear_size_reduction": size,
-        "bytes_on_disk": 100, "fp32_bytes_on_disk": 100,
-        "facts": {"weights": "int8" if entry != "fp32" else "float32", "activations": "float32",
-                  "act_mode": "none", "symmetric": True, "granularity": "per-tensor",
-                  "group_size": None, "unquantized": ["conv"]},
-        "provenance": {"transcribe": {"git_commit": "c0ffee", "git_dirty": False, "gpu": None,
-                                      "slurm_job_id": "42", "hostname": "node7",
-                                      "cpu": {"model": "EPYC 9654"}, "loadavg": [1.5, 1.0, 0.5]}},
-    }
+    return Score(
+        model=model, device=device, entry=entry, split=split,
+        wer=100.0 * w["substitutions"] / w["n"], cer=100.0 * c["substitutions"] / c["n"],
+        words=w, chars=c, utterances=utts, n_utterances=len(utts),
+        audio_seconds=audio,
+        compute_seconds=rtf * audio, rtf=rtf, rtfx=1 / rtf, threads=2,
+        batch_size=16, shards=1, mixed_hardware=None, size_reduction=size,
+        linear_size_reduction=size, bytes_on_disk=100, fp32_bytes_on_disk=100,
+        facts={"weights": "int8" if entry != "fp32" else "float32", "activations": "float32",
+               "act_mode": "none", "symmetric": True, "granularity": "per-tensor",
+               "group_size": None, "unquantized": ["conv"]},
+        config={"library": "torch"}, decoding={"batch_size": 16},
+        provenance={"quantize": None,
+                    "transcribe": {"git_commit": "c0ffee", "git_dirty": False, "gpu": None,
+                                   "slurm_job_id": "42", "hostname": "node7",
+                                   "cpu": {"model": "EPYC 9654"}, "loadavg": [1.5, 1.0, 0.5]}},
+    )
 
 
 def write_scores(tmp_path, scores):
     paths = []
     for s in scores:
-        p = tmp_path / "results" / s["model"] / s["device"] / s["entry"] / f"{s['split']}.score.json"
-        write_json(p, s)
+        p = tmp_path / "results" / s.model / s.device / s.entry / f"{s.split}.score.json"
+        s.write(p)
         paths.append(p)
     return paths
 
@@ -183,7 +185,7 @@ def test_two_models_are_compared(tmp_path):
 
 
 def test_missing_baseline_leaves_delta_empty_with_a_note(tmp_path):
-    paths = write_scores(tmp_path, [s for s in study() if s["entry"] != "fp32"])
+    paths = write_scores(tmp_path, [s for s in study() if s.entry != "fp32"])
     out = outputs(tmp_path)
     report.build(paths, [], **out, n_resamples=100)
     md = out["out_md"].read_text()
@@ -192,14 +194,14 @@ def test_missing_baseline_leaves_delta_empty_with_a_note(tmp_path):
     assert row["dwer"] == "" and row["no_regression"] == ""
     int8_clean = study()[2]  # the first row: (int8, test-clean)
     assert (row["entry"], row["split"]) == ("int8", "test-clean")
-    assert int(row["sub"]) == int8_clean["words"]["substitutions"] > 0
-    assert int(row["ref_words"]) == int8_clean["words"]["n"]
+    assert int(row["sub"]) == int8_clean.words["substitutions"] > 0
+    assert int(row["ref_words"]) == int8_clean.words["n"]
     assert row["hallucination_rate"] == "0.0"
 
 
 def test_mismatched_utterances_are_a_clear_error(tmp_path):
     scores = study()
-    scores[2]["utterances"] = scores[2]["utterances"][:-1]
+    scores[2].utterances = scores[2].utterances[:-1]
     paths = write_scores(tmp_path, scores)
     with pytest.raises(PipelineError, match="base/cpu/int8/test-clean.*different utterances"):
         report.build(paths, [], **outputs(tmp_path), n_resamples=50)
@@ -229,7 +231,7 @@ def test_pareto_front():
 
 def test_rows_follow_the_given_entry_order(tmp_path):
     scores = study()
-    c, o = scores[0]["utterances"], scores[1]["utterances"]
+    c, o = scores[0].utterances, scores[1].utterances
     errors = lambda utts: [u["words"]["substitutions"] for u in utts]  # noqa: E731
     for entry in ("zz-first", "aa-last"):  # order puts them against the alphabet
         scores += [make_score("base", "cpu", entry, "test-clean", errors(c)),

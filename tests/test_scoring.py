@@ -1,6 +1,7 @@
 """Scoring on known strings, including what the Whisper English normalizer does."""
 
 import pytest
+from test_records import quant_meta
 
 from whisper_ptq.scoring import normalize, score_rows, score_utterance, size_reduction
 
@@ -35,8 +36,8 @@ def test_empty_hypothesis_counts_every_word_deleted():
 
 
 def test_size_reduction():
-    fp32 = {"bytes_on_disk": 1000, "fp32_linear_bytes": 800, "linear_bytes": 800}
-    q = {"bytes_on_disk": 400, "linear_bytes": 200}
+    fp32 = quant_meta("fp32", bytes_on_disk=1000, linear_bytes=800, fp32_linear_bytes=800)
+    q = quant_meta("int8", bytes_on_disk=400, linear_bytes=200)
     r = size_reduction(q, fp32)
     assert r["size_reduction"] == pytest.approx(60.0)
     assert r["linear_size_reduction"] == pytest.approx(75.0)

@@ -24,8 +24,9 @@ import pytest
 
 from whisper_ptq import PipelineError
 from whisper_ptq.config import cuda_visible, resolve_devices
+from whisper_ptq.decode import NB_MAX_FRAMES, make_batches, ordered_rows, shard_bounds
+from whisper_ptq.records import ShardTiming
 from whisper_ptq.scoring import gather_shards
-from whisper_ptq.transcribe import NB_MAX_FRAMES, make_batches, ordered_rows, shard_bounds
 
 from pipeline_run import (REPO, copy_workflow, env, results, snakemake, snakemake_cmd,
                           write_config, small_config)
@@ -89,15 +90,17 @@ def test_shards_a_multiple_of_the_batch_size_keep_every_batch():
 
 
 def shard_timing(index, count, ids, seconds, audio, cpu="EPYC 9654", gpu=None, host="n1"):
-    return {"entry": "fp32", "split": "test-clean", "device": "cpu", "regime": "throughput",
-            "batch_size": 2, "threads": 1, "warmup_batches": 1, "sorted_by_length": True,
-            "facts": {}, "decoding": {"batch_size": 2}, "utterances": len(ids),
-            "audio_seconds": audio, "compute_seconds": seconds, "encoder_seconds": seconds / 2,
-            "decoder_seconds": seconds / 2, "longform_seconds": 0.0, "generated_tokens": 10,
-            "batches": 1, "batch_seconds": [seconds], "peak_rss_mb": 100.0 + index,
-            "cuda_peak_allocated_mb": None, "cuda_peak_reserved_mb": None, "rtf": seconds / audio,
-            "shard": {"index": index, "count": count, "start": 0, "stop": len(ids), "size": 2},
-            "order": ids, "provenance": {"hostname": host, "cpu": {"model": cpu}, "gpu": gpu}}
+    return ShardTiming(
+        entry="fp32", split="test-clean", device="cpu", regime="throughput", batch_size=2,
+        threads=1, warmup_batches=1, sorted_by_length=True, facts={},
+        decoding={"batch_size": 2}, utterances=len(ids), audio_seconds=audio,
+        compute_seconds=seconds, encoder_seconds=seconds / 2, decoder_seconds=seconds / 2,
+        longform_seconds=0.0, generated_tokens=10, tokens_per_second=20 / seconds, batches=1,
+        batch_seconds=[seconds], peak_rss_mb=100.0 + index, cuda_peak_allocated_mb=None,
+        cuda_peak_reserved_mb=None, rtf=seconds / audio, rtfx=audio / seconds,
+        shard={"index": index, "count": count, "start": 0, "stop": len(ids), "size": 2},
+        order=ids, provenance={"hostname": host, "cpu": {"model": cpu}, "gpu": gpu},
+        runtime=None)
 
 
 def hyp(ids):
@@ -110,14 +113,14 @@ def test_gather_pools_rtf_and_flags_mixed_hardware():
     t1 = shard_timing(1, 2, ["a", "c"], 1.0, 30.0, host="n2")
     got, timing = gather_shards([hyp(["a", "c"]), hyp(["b", "d"])], [t1, t0])
     assert [r["id"] for r in got] == ["a", "b", "c", "d"]
-    assert timing["rtf"] == pytest.approx(3.0 / 40.0)  # Σ timed / Σ audio, not a mean of RTFs
-    assert timing["order"] == ["b", "d", "a", "c"] and timing["shards"] == 2
-    assert timing["peak_rss_mb"] == 101.0
-    assert [s["provenance"]["hostname"] for s in timing["shard_runs"]] == ["n1", "n2"]
-    assert timing["mixed_hardware"] is None  # two hosts, one kind of machine
+    assert timing.rtf == pytest.approx(3.0 / 40.0)  # Σ timed / Σ audio, not a mean of RTFs
+    assert timing.order == ["b", "d", "a", "c"] and timing.shards == 2
+    assert timing.peak_rss_mb == 101.0
+    assert [s["provenance"]["hostname"] for s in timing.shard_runs] == ["n1", "n2"]
+    assert timing.mixed_hardware is None  # two hosts, one kind of machine
     t1 = shard_timing(1, 2, ["a", "c"], 1.0, 30.0, cpu="Xeon 8480")
     _, timing = gather_shards([hyp(["b", "d"]), hyp(["a", "c"])], [t0, t1])
-    assert "EPYC 9654" in timing["mixed_hardware"] and "Xeon 8480" in timing["mixed_hardware"]
+    assert "EPYC 9654" in timing.mixed_hardware and "Xeon 8480" in timing.mixed_hardware
 
 
 def test_gather_refuses_missing_or_inconsistent_shards():
@@ -125,7 +128,7 @@ def test_gather_refuses_missing_or_inconsistent_shards():
     with pytest.raises(PipelineError, match="expected 0..1 of 2"):
         gather_shards([hyp(["a"])], [t0])
     t1 = shard_timing(1, 2, ["b"], 1.0, 5.0)
-    t1["batch_size"] = 4
+    t1.batch_size = 4
     with pytest.raises(PipelineError, match="differ in 'batch_size'"):
         gather_shards([hyp(["a"]), hyp(["b"])], [t0, t1])
     t1 = shard_timing(1, 2, ["a"], 1.0, 5.0)

@@ -9,7 +9,7 @@ import torch
 
 from whisper_ptq.io import write_jsonl
 from whisper_ptq.modeling import load_fp32
-from whisper_ptq.transcribe import run
+from whisper_ptq.decode import run
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ DECODING = {"batch_size": 2, "max_new_tokens": 8}
 
 def slow_first_encoder_call(model, monkeypatch, seconds):
     """The first encoder call takes ``seconds`` longer, on the clock the timing reads."""
-    import whisper_ptq.transcribe as tr
+    import whisper_ptq.decode as tr
 
     encoder, calls, offset = model.model.encoder, [], [0.0]
     original = encoder.forward
@@ -97,7 +97,7 @@ def test_latency_regime_uses_batch_one(model_and_tokenizer, random_features):
 def test_encoder_then_generate_matches_plain_generate(model_and_tokenizer, random_features):
     """Splitting the timing into encoder and decoder parts does not change the output."""
     from whisper_ptq.features import FeatureCache
-    from whisper_ptq.transcribe import Transcriber, generation_kwargs
+    from whisper_ptq.decode import Transcriber, generation_kwargs
 
     model, tok = model_and_tokenizer
     cache = FeatureCache(random_features[0])

@@ -42,7 +42,8 @@ from whisper_ptq.features import (calibration_batches, calibration_ids, compute_
                                   load_manifest)
 from whisper_ptq.io import read_jsonl  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
-from whisper_ptq.transcribe import Transcriber, transcribe_checkpoint  # noqa: E402
+from whisper_ptq.decode import Transcriber  # noqa: E402
+from whisper_ptq.transcribe import transcribe_checkpoint  # noqa: E402
 
 SPLITS = ("test-clean", "test-other")
 # architecture of the real checkpoints (config.json on the hub); weights are random here
@@ -309,15 +310,15 @@ def run_real(study, names, feats, args, budget, res) -> dict:
                 hyps.setdefault(name, {})[split] = hyp
                 res.add("real", {
                     "model": model_name, "entry": name, "split": split,
-                    "utterances": t["utterances"], "wer": s["wer"], "cer": s["cer"],
-                    "rtf": t["rtf"], "encoder_s": t["encoder_seconds"],
-                    "decoder_s": t["decoder_seconds"], "tokens_per_s": t["tokens_per_second"],
-                    "peak_alloc_mb": t.get("cuda_peak_allocated_mb"),
-                    "peak_reserved_mb": t.get("cuda_peak_reserved_mb"),
-                    "peak_rss_mb": t.get("peak_rss_mb"), "quantize_s": meta["quantize_seconds"],
-                    "mb_on_disk": meta["bytes_on_disk"] / MB, "facts": meta.get("facts"),
-                    "notes": meta.get("notes")}, budget)
-                print(f"{name} {split}: WER {s['wer']:.2f} RTF {t['rtf']:.4f} "
+                    "utterances": t.utterances, "wer": s["wer"], "cer": s["cer"],
+                    "rtf": t.rtf, "encoder_s": t.encoder_seconds,
+                    "decoder_s": t.decoder_seconds, "tokens_per_s": t.tokens_per_second,
+                    "peak_alloc_mb": t.cuda_peak_allocated_mb,
+                    "peak_reserved_mb": t.cuda_peak_reserved_mb,
+                    "peak_rss_mb": t.peak_rss_mb, "quantize_s": meta.quantize_seconds,
+                    "mb_on_disk": meta.bytes_on_disk / MB, "facts": meta.facts,
+                    "notes": meta.notes}, budget)
+                print(f"{name} {split}: WER {s['wer']:.2f} RTF {t.rtf:.4f} "
                       f"({budget.elapsed():.0f} s)", flush=True)
         except Exception as e:  # every entry is reported, even when one breaks
             traceback.print_exc()
@@ -513,8 +514,8 @@ def run_synthetic(shape: str, study, names, args, budget, res) -> None:
                     free_memory()
                     break
             res.add("synthetic", {"model": label, "entry": name, "params": n_params,
-                                  "quantize_s": meta["quantize_seconds"], "load_s": load_s,
-                                  "mb_on_disk": meta["bytes_on_disk"] / MB, "base": base,
+                                  "quantize_s": meta.quantize_seconds, "load_s": load_s,
+                                  "mb_on_disk": meta.bytes_on_disk / MB, "base": base,
                                   "max": best, "stopped_by": stopped}, budget)
             print(f"{shape} {name}: b{base['batch']} RTF {base['rtf']:.5f}, max b "
                   f"{(best or base)['batch']} ({stopped}) ({budget.elapsed():.0f} s)", flush=True)

@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from . import PipelineError, provenance, quantizers
-from .io import atomic_path, dir_bytes, read_json, write_json
+from .io import atomic_path, dir_bytes
 from .quantizers.base import linear_bytes, linear_names
+from .records import QuantMeta
 
 META = "quant.json"
 
@@ -20,7 +21,7 @@ def weights_bytes(ckpt_dir) -> int:
 
 
 def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None,
-                    calibration_source: dict | None = None) -> dict:
+                    calibration_source: dict | None = None) -> QuantMeta:
     """Build the quantized model of ``entry`` from the fp32 model and save it to ``out_dir``.
 
     ``calibration`` is a list of input-feature batches (never the scored utterances) for
@@ -36,28 +37,20 @@ def save_checkpoint(name: str, entry: dict, model_dir, out_dir, calibration=None
     if q.needs_calibration(entry) and not calibration:
         raise PipelineError(f"entry {name!r} needs calibration data and none was given")
     t0 = time.perf_counter()
-    qmodel = q.quantize(model, entry, calibration)
+    qmodel, notes = q.quantize(model, entry, calibration)
     seconds = time.perf_counter() - t0
-    meta = {
-        "entry": name,
-        "config": entry,
-        "facts": {"library": entry["library"], **q.describe(entry)},
-        "quantize_seconds": seconds,
-        # versions, CPU/GPU, threads, git commit, SLURM job of this quantization
-        "provenance": provenance.collect(library=entry["library"]),
-        "linear_bytes": q.linear_bytes(qmodel, names),
-        "fp32_linear_bytes": fp32_linear,
-        "calibration_batches": len(calibration or []),
-        # which utterances calibrated it (split, n, ids): with the checkpoint, not beside it
-        "calibration": calibration_source if calibration else None,
-        # per-layer deviations from the scheme a library had to make (e.g. hqq packing)
-        "notes": list(getattr(qmodel, "ptq_notes", [])),
-    }
-    out_dir = Path(out_dir)
-    with atomic_path(out_dir, is_dir=True) as tmp:
+    # measured before save, which may change the state dict (hqq's: its encoded form)
+    quantized_linear = q.linear_bytes(qmodel, names)
+    prov = provenance.collect(library=entry["library"], package=q.package)
+    with atomic_path(Path(out_dir), is_dir=True) as tmp:
         q.save(qmodel, entry, tmp)
-        meta["bytes_on_disk"] = weights_bytes(tmp)
-        write_json(tmp / META, meta)
+        meta = QuantMeta(
+            entry=name, config=entry, facts={"library": entry["library"], **q.describe(entry)},
+            quantize_seconds=seconds, provenance=prov, linear_bytes=quantized_linear,
+            fp32_linear_bytes=fp32_linear, calibration_batches=len(calibration or []),
+            calibration=calibration_source if calibration else None, notes=list(notes),
+            bytes_on_disk=weights_bytes(tmp))
+        meta.write(tmp / META)
     return meta
 
 
@@ -66,12 +59,12 @@ def load_checkpoint(ckpt_dir, model_dir, device: str):
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / META).is_file():
         raise PipelineError(f"{ckpt_dir} is not a complete checkpoint (no {META})")
-    meta = read_json(ckpt_dir / META)
-    entry = meta["config"]
+    meta = QuantMeta.read(ckpt_dir / META)
+    entry = meta.config
     q = quantizers.get(entry["library"])
     reason = q.unsupported(entry, device)
     if reason:
-        raise PipelineError(f"entry {meta['entry']!r} cannot run on {device}: {reason}")
+        raise PipelineError(f"entry {meta.entry!r} cannot run on {device}: {reason}")
     try:
         return q.load(ckpt_dir, model_dir, entry, device), meta
     except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met a code object

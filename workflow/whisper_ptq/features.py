@@ -24,6 +24,7 @@ from .data import list_utterances
 from .io import atomic_path, read_jsonl, write_jsonl
 
 SAMPLE_RATE = 16000
+NB_MAX_FRAMES = 3000  # one 30 s Whisper window of log-mel frames
 
 
 def read_flac(path: str | os.PathLike) -> np.ndarray:
@@ -253,6 +254,6 @@ def calibration_batches(features_path, manifest_path, n: int, batch_size: int = 
 
     ids = calibration_ids(load_manifest(manifest_path), n, split)
     cache = FeatureCache(features_path)
-    feats = [cache.get(uid)[..., :3000] for uid in ids]
+    feats = [cache.get(uid)[..., :NB_MAX_FRAMES] for uid in ids]
     batches = [torch.stack(feats[i:i + batch_size]) for i in range(0, len(feats), batch_size)]
     return ids, batches

@@ -18,10 +18,6 @@ PACKAGES = ("torch", "transformers", "accelerate", "optimum-quanto", "hqq", "bit
             "ctranslate2", "torchao", "safetensors", "numpy", "jiwer", "whisper-normalizer",
             "snakemake")
 
-# config `library:` value -> the distribution whose version is that library's version
-LIBRARY_PACKAGES = {"fp": "torch", "torch": "torch", "quanto": "optimum-quanto", "hqq": "hqq",
-                    "bnb": "bitsandbytes", "ct2": "ctranslate2", "torchao": "torchao"}
-
 # CPU features that decide which int8 / bf16 kernels the libraries can use
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "neon", "asimd")
@@ -108,16 +104,18 @@ def gpu_info() -> dict | None:
     return info
 
 
-def library_info(library: str | None) -> dict | None:
-    """A config `library:` value with the distribution and version that implement it."""
+def library_info(library: str | None, package: str | None) -> dict | None:
+    """A config `library:` value with the distribution (its Quantizer's ``package``) and the
+    version that implement it."""
     if library is None:
         return None
-    package = LIBRARY_PACKAGES.get(library, library)
     return {"name": library, "package": package, "version": _version(package)}
 
 
-def collect(threads: int | None = None, *, library: str | None = None) -> dict:
-    """Provenance of the current process: recorded next to every measured result."""
+def collect(threads: int | None = None, *, library: str | None = None,
+            package: str | None = None) -> dict:
+    """Provenance of the current process: recorded next to every measured result;
+    ``library``/``package``: the quantization library that made it (quantize step)."""
     import torch
 
     gpu = gpu_info()
@@ -125,7 +123,7 @@ def collect(threads: int | None = None, *, library: str | None = None) -> dict:
     prov = {
         "python": platform.python_version(),
         "packages": {p: _version(p) for p in PACKAGES},
-        "quantization_library": library_info(library),
+        "quantization_library": library_info(library, package),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "cpu": cpu_info(),

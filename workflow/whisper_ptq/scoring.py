@@ -1,8 +1,13 @@
-"""WER / CER after the Whisper English text normalizer, with per-utterance edit counts."""
+"""WER / CER after the Whisper English text normalizer, with per-utterance edit counts; the
+score step (``score_run``): a run's shards gathered, scored, and its ``Score`` record."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+
+from . import PipelineError
+from .io import read_jsonl, write_jsonl
+from .records import QuantMeta, Score, ShardTiming, Timing
 
 EDIT_KEYS = ("hits", "substitutions", "deletions", "insertions")
 
@@ -57,13 +62,13 @@ def score_rows(rows: list[dict]) -> dict:
             "utterances": utts}
 
 
-def size_reduction(meta: dict, fp32_meta: dict) -> dict:
+def size_reduction(meta: QuantMeta, fp32_meta: QuantMeta) -> dict:
     """1 − bytes / fp32 bytes, for the whole checkpoint and for the linear layers alone (%)."""
     return {
-        "bytes_on_disk": meta["bytes_on_disk"],
-        "fp32_bytes_on_disk": fp32_meta["bytes_on_disk"],
-        "size_reduction": 100.0 * (1 - meta["bytes_on_disk"] / fp32_meta["bytes_on_disk"]),
-        "linear_size_reduction": 100.0 * (1 - meta["linear_bytes"] / fp32_meta["fp32_linear_bytes"]),
+        "bytes_on_disk": meta.bytes_on_disk,
+        "fp32_bytes_on_disk": fp32_meta.bytes_on_disk,
+        "size_reduction": 100.0 * (1 - meta.bytes_on_disk / fp32_meta.bytes_on_disk),
+        "linear_size_reduction": 100.0 * (1 - meta.linear_bytes / fp32_meta.fp32_linear_bytes),
     }
 
 
@@ -81,55 +86,88 @@ def hardware(provenance: dict | None) -> str:
     return f"{(prov.get('cpu') or {}).get('model')} / {prov.get('gpu') or 'no GPU'}"
 
 
-def gather_shards(hyps: list[list[dict]], timings: list[dict]) -> tuple[list[dict], dict]:
+def gather_shards(hyps: list[list[dict]], timings: list[ShardTiming]) -> tuple[list[dict], Timing]:
     """One run from its shards: hypotheses in id order and the pooled timing.
 
     RTF pools timed seconds and audio over shards (Σ timed / Σ audio); each shard's host and
     hardware stay listed under ``shard_runs``, and ``mixed_hardware`` names the hardware when
     the shards did not all run on the same (their RTFs are then not one machine's).
     """
-    from . import PipelineError
-
     first = timings[0]
-    n = first["shard"]["count"]
-    found = sorted(t["shard"]["index"] for t in timings)
-    if found != list(range(n)) or any(t["shard"]["count"] != n for t in timings):
-        raise PipelineError(f"{first['entry']} {first['device']} {first['split']}: shards "
-                            f"{found} given, expected 0..{n - 1} of {n}")
+    what = f"{first.entry} {first.device} {first.split}"
+    n = first.shard["count"]
+    found = sorted(t.shard["index"] for t in timings)
+    if found != list(range(n)) or any(t.shard["count"] != n for t in timings):
+        raise PipelineError(f"{what}: shards {found} given, expected 0..{n - 1} of {n}")
     for key in _SHARED:
-        if any(t.get(key) != first.get(key) for t in timings):
-            raise PipelineError(f"{first['entry']} {first['device']} {first['split']}: shards "
-                                f"differ in {key!r}; re-run their transcribe jobs")
-    timings = sorted(timings, key=lambda t: t["shard"]["index"])
+        if any(getattr(t, key) != getattr(first, key) for t in timings):
+            raise PipelineError(f"{what}: shards differ in {key!r}; re-run their transcribe jobs")
+    timings = sorted(timings, key=lambda t: t.shard["index"])
     rows = sorted((r for h in hyps for r in h), key=lambda r: r["id"])
     ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids) or len(ids) != sum(t["utterances"] for t in timings):
-        raise PipelineError(f"{first['entry']} {first['device']} {first['split']}: the shards' "
-                            "hypotheses do not match their timings (duplicate or missing ids)")
-    total = {k: sum(t[k] for t in timings) for k in _SUMMED}
-    peaks = {k: max((t[k] for t in timings if t.get(k) is not None), default=None) for k in _PEAK}
-    kinds = sorted({hardware(t.get("provenance")) for t in timings})
-    timing = {
-        **{k: first.get(k) for k in _SHARED},
-        **total,
-        "tokens_per_second": (total["generated_tokens"] / total["decoder_seconds"]
-                              if total["decoder_seconds"] > 0 else None),
-        "rtf": total["compute_seconds"] / total["audio_seconds"],
-        "rtfx": (total["audio_seconds"] / total["compute_seconds"]
-                 if total["compute_seconds"] > 0 else None),
-        "batch_seconds": [b for t in timings for b in t["batch_seconds"]],
-        **peaks,
-        "order": [uid for t in timings for uid in t["order"]],
-        "shards": n,
-        "mixed_hardware": "; ".join(kinds) if len(kinds) > 1 else None,
-        # the first shard's provenance stands for the run (the report's columns) ...
-        "provenance": first.get("provenance"),
-        # ... and every shard's is kept
-        "shard_runs": [{**t["shard"], "utterances": t["utterances"], "rtf": t["rtf"],
-                        "provenance": t.get("provenance")} for t in timings],
-    }
-    if first.get("regime") == "latency":
-        from .transcribe import latency_stats
+    if len(set(ids)) != len(ids) or len(ids) != sum(t.utterances for t in timings):
+        raise PipelineError(f"{what}: the shards' hypotheses do not match their timings "
+                            "(duplicate or missing ids)")
+    total = {k: sum(getattr(t, k) for t in timings) for k in _SUMMED}
+    peaks = {k: max((getattr(t, k) for t in timings if getattr(t, k) is not None), default=None)
+             for k in _PEAK}
+    kinds = sorted({hardware(t.provenance) for t in timings})
+    batch_seconds = [b for t in timings for b in t.batch_seconds]
+    latency = {}
+    if first.regime == "latency":
+        from .decode import latency_stats
 
-        timing.update(latency_stats(timing["batch_seconds"]))
+        latency = latency_stats(batch_seconds)
+    timing = Timing(
+        **{k: getattr(first, k) for k in _SHARED},
+        **total,
+        tokens_per_second=(total["generated_tokens"] / total["decoder_seconds"]
+                           if total["decoder_seconds"] > 0 else None),
+        rtf=total["compute_seconds"] / total["audio_seconds"],
+        rtfx=(total["audio_seconds"] / total["compute_seconds"]
+              if total["compute_seconds"] > 0 else None),
+        batch_seconds=batch_seconds,
+        **peaks,
+        order=[uid for t in timings for uid in t.order],
+        shards=n,
+        mixed_hardware="; ".join(kinds) if len(kinds) > 1 else None,
+        # the first shard's provenance stands for the run (the report's columns) ...
+        provenance=first.provenance,
+        # ... and every shard's is kept
+        shard_runs=[{**t.shard, "utterances": t.utterances, "rtf": t.rtf,
+                     "provenance": t.provenance} for t in timings],
+        **latency,
+    )
     return rows, timing
+
+
+def build_score(hyp: list[dict], timing: Timing, meta: QuantMeta, fp32_meta: QuantMeta,
+                model: str) -> Score:
+    """The score of a gathered run: WER/CER, its timing, size against fp32, and what produced
+    it (the entry's config, decoding, both steps' provenance)."""
+    return Score(
+        model=model, entry=timing.entry, split=timing.split, device=timing.device,
+        facts=timing.facts, **score_rows(hyp), n_utterances=timing.utterances,
+        audio_seconds=timing.audio_seconds, compute_seconds=timing.compute_seconds,
+        rtf=timing.rtf, rtfx=timing.rtfx, threads=timing.threads,
+        batch_size=timing.batch_size, shards=timing.shards,
+        mixed_hardware=timing.mixed_hardware, **size_reduction(meta, fp32_meta),
+        config=meta.config, decoding=timing.decoding,
+        provenance={"quantize": meta.provenance, "transcribe": timing.provenance})
+
+
+def score_run(hyp_paths, timing_paths, meta_path, fp32_meta_path, model: str, *, out,
+              out_hyp, out_timing) -> Score:
+    """The score step: gather a run's shards (``*_paths`` in shard order) into ``out_hyp`` and
+    ``out_timing``, and write its Score to ``out``."""
+    if len(hyp_paths) != len(timing_paths):
+        raise PipelineError(f"score: {len(hyp_paths)} hypothesis files but {len(timing_paths)} "
+                            "timing files")
+    meta, fp32_meta = QuantMeta.read(meta_path), QuantMeta.read(fp32_meta_path)
+    hyp, timing = gather_shards([read_jsonl(h) for h in hyp_paths],
+                                [ShardTiming.read(t) for t in timing_paths])
+    score = build_score(hyp, timing, meta, fp32_meta, model)
+    write_jsonl(out_hyp, hyp)
+    timing.write(out_timing)
+    score.write(out)
+    return score

@@ -29,12 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import PipelineError
+from .records import Score
 from .schema import schema_default
 
 # config `bootstrap:`; its defaults are written in the schema only
 DEFAULT_RESAMPLES = schema_default("bootstrap", "resamples")
 DEFAULT_SEED = schema_default("bootstrap", "seed")
 UNITS = ("words", "chars")
+# what the functions below call a score: a Score record, or scoring.score_rows' dict
+Scored = Score | dict
 
 
 def _errors(c: dict) -> int:
@@ -44,8 +47,13 @@ def _errors(c: dict) -> int:
 # --------------------------------------------------------------------------- pairing
 
 
-def utterances_by_id(score: dict, what: str = "score") -> dict[str, dict]:
-    utts = score.get("utterances")
+def utterances(score: Scored) -> list[dict] | None:
+    """A score's per-utterance list (edit counts, speaker, normalized texts)."""
+    return score.utterances if isinstance(score, Score) else score.get("utterances")
+
+
+def utterances_by_id(score: Scored, what: str = "score") -> dict[str, dict]:
+    utts = utterances(score)
     if not isinstance(utts, list):
         raise PipelineError(f"{what}: no per-utterance 'utterances' list (re-run its score step)")
     out = {}
@@ -56,7 +64,7 @@ def utterances_by_id(score: dict, what: str = "score") -> dict[str, dict]:
     return out
 
 
-def pair(base: dict, other: dict, what: str = "") -> list[tuple[dict, dict]]:
+def pair(base: Scored, other: Scored, what: str = "") -> list[tuple[dict, dict]]:
     """(baseline utterance, entry utterance) pairs, matched by utterance id.
 
     Both runs must have scored exactly the same utterances against the same references;
@@ -138,7 +146,7 @@ def _percentile_interval(estimate, samples, alpha, n_spk, n_res, seed) -> Interv
     return Interval(float(estimate), float(lo), float(hi), n_spk, n_res, seed)
 
 
-def paired_delta(base: dict, other: dict, unit: str = "words", *,
+def paired_delta(base: Scored, other: Scored, unit: str = "words", *,
                  n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                  alpha: float = 0.05, what: str = "") -> Interval:
     """ΔWER (unit='words') or ΔCER (unit='chars') of ``other`` − ``base`` in points (%).
@@ -163,7 +171,7 @@ def paired_delta_pairs(pairs, unit="words", *, n_resamples=DEFAULT_RESAMPLES,
     return _percentile_interval(estimate, samples, alpha, len(n), n_resamples, seed)
 
 
-def rate_interval(score: dict, unit: str = "words", *, n_resamples=DEFAULT_RESAMPLES,
+def rate_interval(score: Scored, unit: str = "words", *, n_resamples=DEFAULT_RESAMPLES,
                   seed=DEFAULT_SEED, alpha=0.05) -> Interval:
     """Speaker-bootstrap interval of one run's corpus WER/CER (%)."""
     utts = list(utterances_by_id(score).values())
@@ -177,7 +185,7 @@ def rate_interval(score: dict, unit: str = "words", *, n_resamples=DEFAULT_RESAM
                                 n_resamples, seed)
 
 
-def split_difference(first: dict, second: dict, unit: str = "words", *,
+def split_difference(first: Scored, second: Scored, unit: str = "words", *,
                      n_resamples=DEFAULT_RESAMPLES, seed=DEFAULT_SEED, alpha=0.05) -> Interval:
     """Rate on ``second`` − rate on ``first`` for one system on two speaker-disjoint splits.
 
@@ -192,8 +200,8 @@ def split_difference(first: dict, second: dict, unit: str = "words", *,
         _, e, n = _speaker_totals(utts, utts, unit)
         w = speaker_weights(len(n), n_resamples, seed * 2 + k)
         parts.append((e, n, w))
-    spk_a = {u.get("speaker") for u in first["utterances"]}
-    spk_b = {u.get("speaker") for u in second["utterances"]}
+    spk_a = {u.get("speaker") for u in utterances(first)}
+    spk_b = {u.get("speaker") for u in utterances(second)}
     if spk_a & spk_b:
         raise PipelineError(f"split difference: the splits share speakers "
                             f"{sorted(spk_a & spk_b)[:3]}; use the paired bootstrap instead")
@@ -253,21 +261,21 @@ def hallucination(ref_norm: str, hyp_norm: str, *, ratio: float = 1.5,
 # --------------------------------------------------------------------------- per entry
 
 
-def edit_totals(score: dict, unit: str = "words") -> dict:
-    utts = score["utterances"]
+def edit_totals(score: Scored, unit: str = "words") -> dict:
+    utts = utterances(score)
     return {k: int(sum(u[unit][k] for u in utts))
             for k in ("substitutions", "deletions", "insertions", "n")}
 
 
-def hallucination_stats(score: dict, **kw) -> dict:
-    flags = [hallucination(u["ref_norm"], u["hyp_norm"], **kw) for u in score["utterances"]]
+def hallucination_stats(score: Scored, **kw) -> dict:
+    flags = [hallucination(u["ref_norm"], u["hyp_norm"], **kw) for u in utterances(score)]
     n = len(flags)
     return {
         "hallucinations": sum(f.flagged for f in flags),
         "hallucination_rate": 100.0 * sum(f.flagged for f in flags) / n if n else float("nan"),
         "too_long": sum(f.too_long for f in flags),
         "loops": sum(f.loop for f in flags),
-        "hallucinated_ids": [u["id"] for u, f in zip(score["utterances"], flags) if f.flagged],
+        "hallucinated_ids": [u["id"] for u, f in zip(utterances(score), flags) if f.flagged],
     }
 
 
@@ -279,7 +287,7 @@ def no_regression_rate(pairs) -> float:
     return 100.0 * ok / len(pairs)
 
 
-def entry_stats(base: dict, score: dict, *, n_resamples=DEFAULT_RESAMPLES, seed=DEFAULT_SEED,
+def entry_stats(base: Scored, score: Scored, *, n_resamples=DEFAULT_RESAMPLES, seed=DEFAULT_SEED,
                 alpha=0.05, what: str = "") -> dict:
     """All per-entry statistics of ``score`` against ``base`` (fp32, same model/device/split).
 

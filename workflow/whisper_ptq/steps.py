@@ -174,7 +174,6 @@ def features(spec, input, output, threads):
 
 def quantize(spec, input, output, threads):
     from .checkpoint import save_checkpoint
-    from .io import write_json
     from .modeling import set_threads
 
     set_threads(threads)
@@ -188,8 +187,8 @@ def quantize(spec, input, output, threads):
         source = {"split": split, "n": n, "ids": ids}
     meta = save_checkpoint(spec["entry"], spec["config"], input["model_dir"], output["checkpoint"],
                            calibration=calibration, calibration_source=source)
-    write_json(output["meta"], meta)
-    print(f"{spec['entry']}: {meta['bytes_on_disk']} bytes on disk")
+    meta.write(output["meta"])
+    print(f"{spec['entry']}: {meta.bytes_on_disk} bytes on disk")
 
 
 def transcribe(spec, input, output, threads):
@@ -203,36 +202,17 @@ def transcribe(spec, input, output, threads):
                               split=spec["split"], threads=threads,
                               shard=(spec["shard"], spec["shards"]),
                               shard_size=spec["shard_size"], **spec["timing"])
-    print(f"{spec['split']} shard {spec['shard'] + 1}/{spec['shards']}: {t['utterances']} "
-          f"utterances, RTF {t['rtf']:.4f}")
+    print(f"{spec['split']} shard {spec['shard'] + 1}/{spec['shards']}: {t.utterances} "
+          f"utterances, RTF {t.rtf:.4f}")
 
 
 def score(spec, input, output, threads):
-    from .io import read_json, read_jsonl, write_json, write_jsonl
-    from .scoring import gather_shards, score_rows, size_reduction
+    from .scoring import score_run
 
-    hyps, timings = as_list(input["hyps"]), as_list(input["timings"])
-    if len(hyps) != len(timings):
-        raise PipelineError(f"score: {len(hyps)} hypothesis files but {len(timings)} timing files")
-    hyp, timing = gather_shards([read_jsonl(h) for h in hyps], [read_json(t) for t in timings])
-    write_jsonl(output["hyp"], hyp)
-    write_json(output["timing"], timing)
-    score = score_rows(hyp)
-    # score["utterances"] is the per-utterance list; the count goes to n_utterances
-    score.update({k: timing[k] for k in ("entry", "split", "device", "facts", "audio_seconds",
-                                         "compute_seconds", "rtf", "rtfx", "threads",
-                                         "batch_size", "shards", "mixed_hardware")})
-    score["n_utterances"] = timing["utterances"]
-    score["model"] = spec["model"]
-    meta = read_json(input["meta"])
-    # what produced this result: the entry's config, decoding, and both steps' provenance
-    score.update({"config": meta["config"], "decoding": timing.get("decoding"),
-                  "provenance": {"quantize": meta.get("provenance"),
-                                 "transcribe": timing.get("provenance")}})
-    score.update(size_reduction(meta, read_json(input["fp32_meta"])))
-    write_json(output["score"], score)
-    print(f"{spec['model']} {score['entry']} {score['device']} {score['split']}: "
-          f"WER {score['wer']:.2f} CER {score['cer']:.2f}")
+    s = score_run(as_list(input["hyps"]), as_list(input["timings"]), input["meta"],
+                  input["fp32_meta"], spec["model"], out=output["score"], out_hyp=output["hyp"],
+                  out_timing=output["timing"])
+    print(f"{s.model} {s.entry} {s.device} {s.split}: WER {s.wer:.2f} CER {s.cer:.2f}")
 
 
 def report(spec, input, output, threads):

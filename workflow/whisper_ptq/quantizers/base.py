@@ -6,13 +6,15 @@ handled by the Quantizer of its library:
 * ``validate(name, entry)`` → the entry with defaults filled in; PipelineError otherwise.
 * ``unsupported(entry, device)`` → None, or why this library cannot run it on the device.
 * ``describe(entry)`` → the scheme facts that go into every result row.
-* ``quantize(model, entry, calibration)`` → the quantized model (in memory, on CPU).
+* ``quantize(model, entry, calibration)`` → ``Quantized(model, notes)``: the quantized model
+  (in memory, on CPU) and its notes, the per-layer deviations from the scheme the library had
+  to make (recorded in ``quant.json``).
 * ``save(model, entry, out_dir)`` / ``load(ckpt_dir, model_dir, entry, device)``.
 * ``linear_bytes(model, names)`` → bytes of the quantized nn.Linear layers (a runtime whose
   ``quantize`` returns no torch module, CTranslate2, counts its own).
 
 ``load`` may return a non-transformers model (a runtime): it then has a
-``transcriber(tokenizer, device, decoding)`` method giving what ``transcribe.Transcriber``
+``transcriber(tokenizer, device, decoding)`` method giving what ``decode.Transcriber``
 gives, and a ``runtime_info`` dict recorded with the timings.
 
 Two entry forms restrict or mix schemes (libraries opt in with ``supports_parts`` /
@@ -31,7 +33,7 @@ The checkpoint directory holds the library's weight files plus ``quant.json`` (w
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from .. import PipelineError
 from ..parts import all_linear
@@ -44,8 +46,18 @@ FLOAT_PARTS = ["conv front-end", "embed_tokens", "embed_positions", "layer norms
 OUTSIDE = "nn.Linear outside "  # what float_parts() adds for an entry restricted to parts
 
 
+class Quantized(NamedTuple):
+    """What ``Quantizer.quantize`` returns."""
+
+    model: Any
+    # per-layer deviations from the scheme the library had to make (e.g. hqq packing)
+    notes: tuple[str, ...] = ()
+
+
 class Quantizer:
     library: ClassVar[str]
+    # the distribution whose version is this library's (recorded in provenance)
+    package: ClassVar[str]
     # scheme name -> default options of that scheme
     schemes: ClassVar[dict[str, dict[str, Any]]]
     # option name -> allowed values (a tuple) or a type
@@ -151,7 +163,7 @@ class Quantizer:
         raise NotImplementedError
 
     # -- model ----------------------------------------------------------------------------
-    def quantize(self, model, entry: dict, calibration=None):
+    def quantize(self, model, entry: dict, calibration=None) -> Quantized:
         raise NotImplementedError
 
     def save(self, model, entry: dict, out_dir) -> None:

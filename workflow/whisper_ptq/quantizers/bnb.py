@@ -27,19 +27,23 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 
 from .. import PipelineError
-from .base import Quantizer, facts, float_parts, linear_names
+from .base import Quantized, Quantizer, facts, float_parts, linear_names
 
 DTYPES = ("float32", "float16", "bfloat16")
 BLOCK = 64  # bitsandbytes 4-bit blocksize
 DQ_BLOCK = 256  # double-quant blocksize of the absmax scales
 HEAD = "proj_out"  # the output head, which transformers never quantizes with bitsandbytes
+# quantized models that have run a forward pass (save refuses them); kept here, not on the model
+_RAN_FORWARD: weakref.WeakSet = weakref.WeakSet()
 
 
 class BitsAndBytes(Quantizer):
     library = "bnb"
+    package = "bitsandbytes"
     schemes = {
         "nf4": {"double_quant": False},
         "fp4": {"double_quant": False},
@@ -116,10 +120,10 @@ class BitsAndBytes(Quantizer):
         qmodel.generation_config = model.generation_config
         qmodel.eval()
         _track_forward(qmodel)
-        return qmodel
+        return Quantized(qmodel)
 
     def save(self, model, entry, out_dir):
-        if getattr(model, "_ptq_ran_forward", False):
+        if model in _RAN_FORWARD:
             raise PipelineError(
                 "bitsandbytes model has already run a forward pass: on CPU that can repack "
                 "its 4-bit weights in place and the saved checkpoint would reload wrong; "
@@ -139,10 +143,8 @@ class BitsAndBytes(Quantizer):
 
 
 def _track_forward(model):
-    """Mark the model once any forward pass has run (every pass starts in the encoder)."""
-    model._ptq_ran_forward = False
-    model.model.encoder.register_forward_pre_hook(
-        lambda module, args: setattr(model, "_ptq_ran_forward", True))
+    """Note the model once any forward pass has run (every pass starts in the encoder)."""
+    model.model.encoder.register_forward_pre_hook(lambda module, args: _RAN_FORWARD.add(model))
     _silence_int8_cast_warning()
 
 

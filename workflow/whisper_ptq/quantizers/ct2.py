@@ -36,10 +36,10 @@ import time
 from pathlib import Path
 
 from .. import PipelineError
-from .base import Quantizer, facts
+from ..features import NB_MAX_FRAMES
+from .base import Quantized, Quantizer, facts
 
 TOKENIZER = "tokenizer.json"
-NB_MAX_FRAMES = 3000  # one 30 s Whisper window of log-mel frames
 # compute types CTranslate2 documents for CUDA (compute capability >= 8.0, e.g. A100/H100)
 CUDA_TYPES = frozenset({"float32", "int8", "int8_float32", "float16", "int8_float16",
                         "bfloat16", "int8_bfloat16"})
@@ -88,6 +88,7 @@ def _version() -> str:
 
 class CTranslate2(Quantizer):
     library = "ct2"
+    package = "ctranslate2"
     schemes = {name: {} for name in ("float32", "int8", "int16", "float16", "int8_float16",
                                      "bfloat16")}
 
@@ -113,7 +114,7 @@ class CTranslate2(Quantizer):
 
     # -- model ----------------------------------------------------------------------------
     def quantize(self, model, entry, calibration=None):
-        return Converted(model, entry["scheme"])
+        return Quantized(Converted(model, entry["scheme"]))
 
     def linear_bytes(self, model, names):
         return model.linear_bytes()
@@ -206,7 +207,7 @@ class CT2Whisper:
 
 
 class CT2Transcriber:
-    """Same contract as transcribe.Transcriber: ``__call__(feats) -> (texts, timing)``."""
+    """Same contract as decode.Transcriber: ``__call__(feats) -> (texts, timing)``."""
 
     def __init__(self, whisper: CT2Whisper, tokenizer, decoding: dict):
         self.model, self.tokenizer = whisper.model, tokenizer

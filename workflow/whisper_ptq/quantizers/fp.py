@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .base import Quantizer, facts
+from .base import Quantized, Quantizer, facts
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 class FloatBaseline(Quantizer):
     library = "fp"
+    package = "torch"
     schemes = {name: {} for name in DTYPES}
 
     def unsupported(self, entry, device):
@@ -23,7 +24,7 @@ class FloatBaseline(Quantizer):
     def quantize(self, model, entry, calibration=None):
         import torch
 
-        return model.to(getattr(torch, DTYPES[entry["scheme"]]))
+        return Quantized(model.to(getattr(torch, DTYPES[entry["scheme"]])))
 
     def save(self, model, entry, out_dir):
         model.save_pretrained(out_dir, safe_serialization=True)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import warnings
 
 from .. import PipelineError
-from .base import Quantizer, facts, float_parts
+from .base import Quantized, Quantizer, facts, float_parts
 
 WEIGHTS = "model.safetensors"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -59,6 +59,7 @@ def _set_backend():
 
 class HQQ(Quantizer):
     library = "hqq"
+    package = "hqq"
     schemes = {
         "int8": {"nbits": 8, "group_size": 64},
         "int4": {"nbits": 4, "group_size": 64},
@@ -118,8 +119,7 @@ class HQQ(Quantizer):
                                         compute_dtype=dtype, device="cpu", del_orig=False)
                     _replace(model, name, qlinear)
         model.to(dtype)  # the float modules compute in compute_dtype too
-        model.ptq_notes = notes
-        return model
+        return Quantized(model, tuple(notes))
 
     def save(self, model, entry, out_dir):
         from safetensors.torch import save_file

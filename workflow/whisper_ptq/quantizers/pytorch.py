@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from .. import PipelineError
-from .base import Quantizer, facts, float_parts
+from .base import Quantized, Quantizer, facts, float_parts
 
 WEIGHTS = "model.pt"
 
@@ -29,6 +29,7 @@ def _quantize_dynamic(model, granularity, targets=None):
 
 class TorchDynamic(Quantizer):
     library = "torch"
+    package = "torch"
     schemes = {"int8-dynamic": {"granularity": "per-tensor"}}
     options = {"granularity": ("per-tensor", "per-channel")}
     devices = ("cpu",)
@@ -47,7 +48,7 @@ class TorchDynamic(Quantizer):
     def quantize(self, model, entry, calibration=None):
         model = model.float().cpu()
         targets = self.targets(model, entry) if entry.get("parts") else None
-        return _quantize_dynamic(model, entry["granularity"], targets)
+        return Quantized(_quantize_dynamic(model, entry["granularity"], targets))
 
     def save(self, model, entry, out_dir):
         import torch

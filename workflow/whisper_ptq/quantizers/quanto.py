@@ -31,7 +31,7 @@ import json
 import warnings
 
 from .. import PipelineError
-from .base import Quantizer, facts, float_parts
+from .base import Quantized, Quantizer, facts, float_parts
 
 WEIGHTS = "model.safetensors"
 QMAP = "quantization_map.json"
@@ -109,7 +109,7 @@ def _calibrate(model, calibration, observer):
     """Run greedy decoding on the calibration batches so that every layer sees real inputs."""
     import torch
 
-    from ..transcribe import NB_MAX_FRAMES, generation_kwargs
+    from ..decode import NB_MAX_FRAMES, generation_kwargs
 
     kwargs = generation_kwargs(model, {"max_new_tokens": CALIBRATION_MAX_TOKENS})
     # no_grad, not inference_mode: quanto's int4/int2 tensors fail under inference_mode
@@ -121,6 +121,7 @@ def _calibrate(model, calibration, observer):
 
 class Quanto(Quantizer):
     library = "quanto"
+    package = "optimum-quanto"
     schemes = {
         "int8": {"weights": "int8", "activations": "none"},
         "int4": {"weights": "int4", "activations": "none"},
@@ -205,7 +206,7 @@ class Quanto(Quantizer):
             if self.needs_calibration(entry):
                 _calibrate(model, calibration, _observer(entry))
             freeze(model)
-        return model
+        return Quantized(model)
 
     def save(self, model, entry, out_dir):
         from optimum.quanto import quantization_map

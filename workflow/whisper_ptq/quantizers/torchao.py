@@ -24,7 +24,7 @@ warm-up batches. Checkpoint: the int8 schemes as ``model.safetensors`` via torch
 from __future__ import annotations
 
 from .. import PipelineError
-from .base import Quantizer, facts, float_parts
+from .base import Quantized, Quantizer, facts, float_parts
 
 SAFETENSORS, PICKLE_FREE_PT = "model.safetensors", "model.pt"
 HEAD = "proj_out"
@@ -54,6 +54,7 @@ def _nbytes(t) -> int:
 
 class TorchAO(Quantizer):
     library = "torchao"
+    package = "torchao"
     schemes = {"int8wo": {"compile": False}, "int8dyn": {"compile": False},
                "int4wo": {"compile": False, "group_size": 128}}
     options = {"compile": bool, "group_size": (32, 64, 128, 256)}
@@ -98,10 +99,10 @@ class TorchAO(Quantizer):
         quantize_(model, _config(entry),
                   filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn in chosen)
         # torchao leaves a layer float when its shape does not fit the scheme: say so
-        model.ptq_notes = [f"{n}: left float by torchao (shape {tuple(model.get_submodule(n).weight.shape)})"
-                           for n in sorted(chosen)
-                           if not hasattr(model.get_submodule(n).weight, "__tensor_flatten__")]
-        return model
+        notes = tuple(f"{n}: left float by torchao (shape {tuple(model.get_submodule(n).weight.shape)})"
+                      for n in sorted(chosen)
+                      if not hasattr(model.get_submodule(n).weight, "__tensor_flatten__"))
+        return Quantized(model, notes)
 
     def linear_bytes(self, model, names):
         return sum(_nbytes(t) for n in names for t in model.get_submodule(n).state_dict().values())

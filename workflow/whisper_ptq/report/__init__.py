@@ -37,7 +37,7 @@ def degradation(rows: list[dict], scores: dict, *, n_resamples=DEFAULT_RESAMPLES
         other = scores.get((m, d, e, "test-other"))
         if split == "test-clean" and other is not None:
             iv = split_difference(clean, other, n_resamples=n_resamples, seed=seed)
-            out.append((m, d, e, other["wer"] - clean["wer"], iv))
+            out.append((m, d, e, other.wer - clean.wer, iv))
     return out
 
 

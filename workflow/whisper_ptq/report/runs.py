@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from .. import PipelineError
-from ..io import atomic_path, read_json
+from ..io import atomic_path
 from ..noise import parse_split
+from ..records import Score
 from ..stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, edit_totals, entry_stats,
                      hallucination_stats, rate_interval, split_difference)
 
@@ -50,17 +51,17 @@ TEXT_FIELDS = ("model", "entry", "device", "split", "status", "library", "weight
                "mixed_hardware")
 
 
-def row_from_score(score: dict) -> dict:
-    facts = score["facts"]
-    row = {k: score.get(k) for k in CSV_FIELDS}
+def row_from_score(score: Score) -> dict:
+    facts = score.facts
+    row = {k: getattr(score, k, None) for k in CSV_FIELDS}
     row.update({k: facts.get(k) for k in facts if k in CSV_FIELDS})
     row["unquantized"] = "; ".join(facts.get("unquantized", []))
-    row["utterances"] = score["n_utterances"]
+    row["utterances"] = score.n_utterances
     row["status"] = "ok"
     row["parts"] = facts.get("parts") or "all"  # libraries without `parts` quantize every part
-    name = parse_split(score["split"])
+    name = parse_split(score.split)
     row.update(base_split=name.base, noise=name.kind, snr_db=name.snr_db)
-    prov = (score.get("provenance") or {}).get("transcribe") or {}
+    prov = score.provenance.get("transcribe") or {}
     row.update({k: prov.get(k) for k in ("git_commit", "git_dirty", "slurm_job_id", "hostname", "gpu")})
     row["cpu_model"] = (prov.get("cpu") or {}).get("model")
     row["loadavg_1m"] = (prov.get("loadavg") or [None])[0]
@@ -75,8 +76,8 @@ def unsupported_rows(unsupported: list[dict]) -> list[dict]:
 def load_scores(score_paths):
     scores, rows = {}, []
     for p in score_paths:
-        s = read_json(p)
-        key = (s["model"], s["device"], s["entry"], s["split"])
+        s = Score.read(p)
+        key = (s.model, s.device, s.entry, s.split)
         if key in scores:
             raise PipelineError(f"score {p}: {'/'.join(key)} is given twice")
         scores[key] = s
@@ -89,7 +90,7 @@ def add_statistics(rows: list[dict], scores: dict, *, n_resamples=DEFAULT_RESAMP
     """Fill the bootstrap / no-regression / S/D/I / hallucination / interval columns of every
     ok row.
 
-    ``scores`` maps (model, device, entry, split) → score dict. Rows without an fp32
+    ``scores`` maps (model, device, entry, split) → Score. Rows without an fp32
     baseline of the same model/device/split keep empty Δ columns; the returned notes say so.
     """
     boot = {"n_resamples": n_resamples, "seed": seed}

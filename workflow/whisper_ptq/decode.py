@@ -1,0 +1,234 @@
+"""Batched greedy decoding of cached features, with a timing protocol.
+
+The decoding loop alone: a loaded model in, hypotheses and timings out. It imports neither
+``checkpoint`` nor ``quantizers`` (quanto's calibration runs it); loading a checkpoint and
+writing the step's files is ``transcribe``'s.
+
+Timing protocol (recorded in each ``<split>.timing.json``):
+
+* threads are fixed (``torch.set_num_threads``) before the model is loaded, and recorded;
+* ``warmup_batches`` batches are run first and not timed (their utterances are transcribed
+  again, timed, with the rest);
+* each batch is timed in two parts: the encoder forward, then ``generate`` on the encoder
+  output (decoder) plus token decoding; on GPU ``torch.cuda.synchronize`` brackets each part;
+* RTF = Σ timed seconds / Σ audio seconds, RTFx = 1 / RTF; tokens/s = generated tokens /
+  decoder seconds;
+* regime ``throughput`` uses ``decoding.batch_size``; ``latency`` uses batch 1 and also
+  reports per-utterance latency percentiles;
+* memory: peak resident set size of the process, and on GPU peak allocated / reserved CUDA
+  memory during transcription.
+
+Utterances longer than 30 s are decoded alone with Whisper's sequential long-form decoding;
+their time counts in the total (``longform_seconds``) but not in the encoder/decoder split.
+
+Order and shards: a split's selected utterances (calibration ones excluded, then ``limit``)
+form one list, ≤ 30 s ones longest first (a batch then holds transcripts of similar length,
+so fewer decoder steps go to padding), then the longer ones; every entry and device uses the
+same list, recorded as ``order`` in the timing file. ``shard_size`` cuts it into shards, one
+job each; with a multiple of the batch size every batch equals an unsharded run's.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+from . import PipelineError
+from .features import NB_MAX_FRAMES, FeatureCache, load_manifest, select
+from .schema import with_defaults
+
+REGIMES = ("throughput", "latency")
+
+
+def generation_kwargs(model, decoding: dict) -> dict:
+    decoding = with_defaults("decoding", decoding)  # keys left out: the schema's defaults
+    kwargs = {"num_beams": 1, "do_sample": False, "max_new_tokens": decoding["max_new_tokens"]}
+    if getattr(model.generation_config, "is_multilingual", False):
+        kwargs["language"] = decoding["language"]
+        kwargs["task"] = decoding["task"]
+    return kwargs
+
+
+def model_input_dtype(model):
+    return model.model.encoder.conv1.weight.dtype
+
+
+def ordered_rows(rows: list[dict], limit=None, exclude=(), split: str = "",
+                 sort: bool = True) -> list[dict]:
+    """The split's one utterance order (see the module doc); ``sort=False``: select()'s
+    order (the manifest's; id order under a limit), the order before issue 10."""
+    chosen = select(rows, limit, exclude, split)
+    if not sort:
+        return chosen
+    key = lambda r: (-r["duration"], r["id"])  # noqa: E731
+    return (sorted((r for r in chosen if r["n_frames"] <= NB_MAX_FRAMES), key=key)
+            + sorted((r for r in chosen if r["n_frames"] > NB_MAX_FRAMES), key=key))
+
+
+def shard_bounds(n_rows: int, shard_size: int | None) -> list[tuple[int, int]]:
+    """[start, stop) of each shard of an ordered list; no size (or ≥ n_rows): one shard."""
+    if not shard_size or shard_size >= n_rows:
+        return [(0, n_rows)]
+    return [(i, min(i + shard_size, n_rows)) for i in range(0, n_rows, shard_size)]
+
+
+def make_batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
+    """Fixed-length (≤ 30 s) utterances in batches; longer ones alone (long-form decoding)."""
+    short = [r for r in rows if r["n_frames"] <= NB_MAX_FRAMES]
+    long = [r for r in rows if r["n_frames"] > NB_MAX_FRAMES]
+    batches = [short[i:i + batch_size] for i in range(0, len(short), batch_size)]
+    return batches + [[r] for r in long]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Transcriber:
+    def __init__(self, model, tokenizer, device: str, decoding: dict):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.kwargs = generation_kwargs(model, decoding)
+        self.dtype = model_input_dtype(model)
+        self.pad = model.generation_config.pad_token_id
+
+    def _sync(self):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def __call__(self, feats) -> tuple[list[str], dict]:
+        """Transcribe a ``[B, n_mels, frames]`` batch; return texts and its timings."""
+        import torch
+
+        feats = feats.to(self.device, self.dtype)
+        kwargs = dict(self.kwargs)
+        timing = {"encoder": 0.0, "decoder": 0.0, "longform": 0.0}
+        with torch.no_grad():
+            self._sync()
+            t0 = time.perf_counter()
+            if feats.shape[-1] > NB_MAX_FRAMES:  # long-form: sequential 30 s windows
+                kwargs["return_timestamps"] = True
+                kwargs["attention_mask"] = torch.ones(feats.shape[0], feats.shape[-1],
+                                                      dtype=torch.long, device=self.device)
+                out = self.model.generate(feats, **kwargs)
+                if not isinstance(out, torch.Tensor):
+                    out = out["sequences"] if isinstance(out, dict) else out.sequences
+                texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                self._sync()
+                timing["longform"] = time.perf_counter() - t0
+            else:
+                encoded = self.model.model.encoder(feats)
+                self._sync()
+                t1 = time.perf_counter()
+                out = self.model.generate(encoder_outputs=encoded, **kwargs)
+                texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                self._sync()
+                t2 = time.perf_counter()
+                timing["encoder"], timing["decoder"] = t1 - t0, t2 - t1
+        timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
+        timing["tokens"] = int((out != self.pad).sum())
+        return texts, timing
+
+
+def make_transcriber(model, tokenizer, device: str, decoding: dict):
+    """Transformers' Transcriber, or a runtime model's own (CTranslate2: quantizers.ct2)."""
+    own = getattr(model, "transcriber", None)
+    if own:
+        return own(tokenizer, device, decoding)
+    return Transcriber(model, tokenizer, device, decoding)
+
+
+def cuda_memory_reset(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+
+def memory_stats(device: str) -> dict:
+    mem = {"peak_rss_mb": peak_rss_mb(), "cuda_peak_allocated_mb": None, "cuda_peak_reserved_mb": None}
+    if device == "cuda":
+        import torch
+
+        mem["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        mem["cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+    return mem
+
+
+def run(model, tokenizer, features_path, manifest_path, device, decoding, *, limit=None,
+        exclude=(), split="", threads=None, regime="throughput", warmup_batches=1, progress=True,
+        shard=(0, 1), shard_size=None, sort=True):
+    """Transcribe shard ``shard = (index, count)`` of a split (``shard_size`` utterances each);
+    return (hypothesis rows, timing dict): the measured fields of a ``records.ShardTiming``,
+    which the transcribe step completes with what the checkpoint and process tell."""
+    import torch
+    from tqdm import tqdm
+
+    if regime not in REGIMES:
+        raise PipelineError(f"unknown timing regime {regime!r}; expected one of {REGIMES}")
+    rows = ordered_rows(load_manifest(manifest_path), limit, exclude, split, sort)
+    bounds = shard_bounds(len(rows), shard_size)
+    index, count = shard
+    if count != len(bounds) or not 0 <= index < count:
+        raise PipelineError(
+            f"split {split}: shard {index} of {count} asked, but {len(rows)} utterances in "
+            f"shards of {shard_size or 'all'} make {len(bounds)} shard(s); re-plan with snakemake")
+    start, stop = bounds[index]
+    rows = rows[start:stop]
+    cache = FeatureCache(features_path)
+    batch_size = 1 if regime == "latency" else int(with_defaults("decoding", decoding)["batch_size"])
+    batches = make_batches(rows, batch_size)
+    transcriber = make_transcriber(model, tokenizer, device, decoding)
+
+    def stack(batch):
+        return torch.stack([cache.get(r["id"]) for r in batch])
+
+    for batch in batches[:warmup_batches]:
+        transcriber(stack(batch))
+    cuda_memory_reset(device)
+    out_rows, parts = [], []
+    for batch in tqdm(batches, desc=f"transcribe {split}", unit="batch", disable=not progress):
+        texts, t = transcriber(stack(batch))
+        parts.append(t)
+        for r, text in zip(batch, texts):
+            out_rows.append({"id": r["id"], "speaker": r["speaker"], "duration": r["duration"],
+                             "reference": r["reference"], "hypothesis": text})
+    total = {k: sum(p[k] for p in parts) for k in ("encoder", "decoder", "longform", "total", "tokens")}
+    audio = sum(r["duration"] for r in rows)
+    timing = {
+        "device": device,
+        "regime": regime,
+        "utterances": len(rows),
+        "audio_seconds": audio,
+        "compute_seconds": total["total"],
+        "encoder_seconds": total["encoder"],
+        "decoder_seconds": total["decoder"],
+        "longform_seconds": total["longform"],
+        "generated_tokens": total["tokens"],
+        "tokens_per_second": total["tokens"] / total["decoder"] if total["decoder"] > 0 else None,
+        "rtf": total["total"] / audio,
+        "rtfx": audio / total["total"] if total["total"] > 0 else None,
+        "batches": len(batches),
+        "batch_size": batch_size,
+        "batch_seconds": [p["total"] for p in parts],
+        "warmup_batches": min(warmup_batches, len(batches)),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        **memory_stats(device),
+        "shard": {"index": index, "count": count, "start": start, "stop": stop,
+                  "size": shard_size or None},
+        "sorted_by_length": sort,
+        "order": [r["id"] for r in rows],  # the order transcribed (batches are cut from it)
+    }
+    if regime == "latency":
+        timing.update(latency_stats(timing["batch_seconds"]))
+    return out_rows, timing
+
+
+def latency_stats(seconds: list[float]) -> dict:
+    """p50 / p90 of per-utterance latencies (batch 1: one batch per utterance)."""
+    lat = sorted(seconds)
+    return {"latency_p50_s": statistics.median(lat),
+            "latency_p90_s": lat[min(len(lat) - 1, int(0.9 * len(lat)))]}
