@@ -1,6 +1,6 @@
 #!/bin/bash
 # Start a single-node SLURM (slurmctld + slurmd + slurmdbd/MariaDB, munge) on this machine,
-# for tests/test_slurm.py and CI. Debian 12, run as root, no systemd needed.
+# for tests/workflow/test_slurm.py and CI. Debian 12, run as root, no systemd needed.
 # Recipe: ../shared/notes/slurm-local.md (tested with slurm-wlm 22.05.8).
 #
 #   SLURM_BASE=/tmp/whisper-ptq-slurm scripts/start-slurm.sh     # ~15 s apt + ~4 s start

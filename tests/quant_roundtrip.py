@@ -1,4 +1,4 @@
-"""Shared mechanics of the per-library tests (tests/test_quant_*.py), tiny random model only."""
+"""Shared mechanics of the per-library tests (tests/unit/test_quant_*.py), tiny random model only."""
 
 from __future__ import annotations
 

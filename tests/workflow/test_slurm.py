@@ -3,7 +3,7 @@
 * From the repository root, `--profile slurm` resolves (./slurm -> profiles/slurm), plans the
   cuda half under `devices: auto` on this GPU-less machine, and gives each job what
   snakemake-executor-plugin-slurm needs: cpus_per_task, the CPU partition and the EPYC
-  constraint (cuda transcriptions: tests/test_shards.py, once the features checkpoint ran).
+  constraint (cuda transcriptions: tests/workflow/test_shards_run.py, once the features checkpoint ran).
 * On a real single-node SLURM (slurmctld + slurmd + slurmdbd on localhost, started by
   scripts/start-slurm.sh; Debian's slurm-wlm), the small real study runs through a variant
   of the profile that only swaps partition, account and the first status-check delay; sacct

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PKG = REPO / "workflow" / "whisper_ptq"
 ENVS = sorted((REPO / "envs").glob("*.yaml"))
 

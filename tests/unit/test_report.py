@@ -321,7 +321,7 @@ def test_terminal_summary_is_a_compact_table_1(tmp_path):
 def test_table1_from_a_committed_runs_csv_is_unchanged(tmp_path, run):
     """The pandas pivots give the committed reference Table 1 (written before them) byte for
     byte: cell formats, intervals, marks, row order, unsupported rows."""
-    folder = Path(__file__).resolve().parent.parent / "docs/results/base-mini" / run
+    folder = Path(__file__).resolve().parents[2] / "docs/results/base-mini" / run
     df = report.read_runs(folder / "runs.csv")
     report.draw(df, md=tmp_path / "table1.md")
     assert (tmp_path / "table1.md").read_text() == (folder / "table1.md").read_text()

@@ -7,7 +7,7 @@ import pytest
 from whisper_ptq import PipelineError
 from whisper_ptq.config import SWEEP_PARTS, Study, validate_schema
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg(model_dir, **over):
