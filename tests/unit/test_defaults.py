@@ -57,3 +57,26 @@ def test_the_cli_requires_threads(capsys):
     with pytest.raises(SystemExit):
         cli.parser().parse_args(["quantize", "--spec", "{}"])
     assert "--threads" in capsys.readouterr().err
+
+
+def test_no_function_restates_a_timing_or_decoding_default():
+    """decode.run once took regime="throughput", warmup_batches=1: a second copy of the
+    schema's timing defaults. Functions take the config's dict and fill it from the schema."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import whisper_ptq
+
+    # batch_size is also calibration's own (features.calibration_batches), not decoding's
+    keys = (set(schema_default("timing")) | set(schema_default("decoding"))) - {"batch_size"}
+    found = []
+    for mod in pkgutil.walk_packages(whisper_ptq.__path__, "whisper_ptq."):
+        module = importlib.import_module(mod.name)
+        for name, fn in inspect.getmembers(module, inspect.isfunction):
+            if fn.__module__ != mod.name:
+                continue
+            for p in inspect.signature(fn).parameters.values():
+                if p.name in keys and p.default not in (inspect.Parameter.empty, None):
+                    found.append(f"{mod.name}.{name}({p.name}={p.default!r})")
+    assert found == []

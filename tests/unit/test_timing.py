@@ -61,7 +61,7 @@ def slow_first_encoder_call(model, monkeypatch, seconds):
 def test_warmup_batch_is_run_but_not_timed(model_and_tokenizer, random_features, warmup, monkeypatch):
     model, tok = model_and_tokenizer
     calls = slow_first_encoder_call(model, monkeypatch, 1000.0)
-    rows, t = run(model, tok, *random_features, "cpu", DECODING, warmup_batches=warmup,
+    rows, t = run(model, tok, *random_features, "cpu", DECODING, timing={"warmup_batches": warmup},
                   progress=False)
     assert len(rows) == 6 and t["batches"] == 3 and t["warmup_batches"] == warmup
     assert len(calls) == 3 + warmup
@@ -87,11 +87,12 @@ def test_parts_do_not_exceed_total_and_memory_is_filled(model_and_tokenizer, ran
 
 def test_latency_regime_uses_batch_one(model_and_tokenizer, random_features):
     model, tok = model_and_tokenizer
-    rows, t = run(model, tok, *random_features, "cpu", DECODING, regime="latency", progress=False)
+    rows, t = run(model, tok, *random_features, "cpu", DECODING, timing={"regime": "latency"},
+                  progress=False)
     assert t["batch_size"] == 1 and t["batches"] == 6 and len(t["batch_seconds"]) == 6
     assert min(t["batch_seconds"]) <= t["latency_p50_s"] <= t["latency_p90_s"] <= max(t["batch_seconds"])
     with pytest.raises(Exception, match="unknown timing regime"):
-        run(model, tok, *random_features, "cpu", DECODING, regime="fastest", progress=False)
+        run(model, tok, *random_features, "cpu", DECODING, timing={"regime": "fastest"}, progress=False)
 
 
 def test_encoder_then_generate_matches_plain_generate(model_and_tokenizer, random_features):
@@ -135,7 +136,8 @@ def test_utterance_over_30_s_is_transcribed_whole(tiny_en_dir, clean_split_dir, 
                                         "reference": ref, "n_frames": feats.shape[-1]}])
     model = load_fp32(tiny_en_dir)
     rows, t = run(model, WhisperTokenizer.from_pretrained(tiny_en_dir), tmp_path / "f.st",
-                  tmp_path / "m.jsonl", "cpu", {"batch_size": 4}, warmup_batches=0, progress=False)
+                  tmp_path / "m.jsonl", "cpu", {"batch_size": 4}, timing={"warmup_batches": 0},
+                  progress=False)
     assert t["longform_seconds"] > 0 and t["encoder_seconds"] == 0
     s = score_utterance(ref, rows[0]["hypothesis"])
     last_words = score_utterance(chosen[-1].reference, rows[0]["hypothesis"])

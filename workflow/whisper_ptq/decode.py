@@ -159,14 +159,17 @@ def memory_stats(device: str) -> dict:
 
 
 def run(model, tokenizer, features_path, manifest_path, device, decoding, *, limit=None,
-        exclude=(), split="", threads=None, regime="throughput", warmup_batches=1, progress=True,
-        shard=(0, 1), shard_size=None, sort=True):
-    """Transcribe shard ``shard = (index, count)`` of a split (``shard_size`` utterances each);
+        exclude=(), split="", threads=None, timing=None, progress=True, shard=(0, 1),
+        shard_size=None, sort=True):
+    """Transcribe shard ``shard = (index, count)`` of a split (``shard_size`` utterances each)
+    under the config's ``timing`` protocol (keys left out: the schema's defaults);
     return (hypothesis rows, timing dict): the measured fields of a ``records.ShardTiming``,
     which the transcribe step completes with what the checkpoint and process tell."""
     import torch
     from tqdm import tqdm
 
+    protocol = with_defaults("timing", timing)
+    regime, warmup_batches = protocol["regime"], protocol["warmup_batches"]
     if regime not in REGIMES:
         raise PipelineError(f"unknown timing regime {regime!r}; expected one of {REGIMES}")
     rows = ordered_rows(load_manifest(manifest_path), limit, exclude, split, sort)

@@ -201,7 +201,7 @@ def transcribe(spec, input, output, threads):
                               output["timing"], limit=spec["limit"], exclude=exclude,
                               split=spec["split"], threads=threads,
                               shard=(spec["shard"], spec["shards"]),
-                              shard_size=spec["shard_size"], **spec["timing"])
+                              shard_size=spec["shard_size"], timing=spec["timing"])
     print(f"{spec['split']} shard {spec['shard'] + 1}/{spec['shards']}: {t.utterances} "
           f"utterances, RTF {t.rtf:.4f}")
 

@@ -19,8 +19,7 @@ def excluded_ids(manifest_path, calib_n: int, split: str = "") -> list[str]:
 
 def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, device, decoding,
                           out_hyp, out_timing, *, threads, limit=None, exclude=(), split="",
-                          regime="throughput", warmup_batches=1, shard=(0, 1),
-                          shard_size=None) -> ShardTiming:
+                          timing=None, shard=(0, 1), shard_size=None) -> ShardTiming:
     from transformers import WhisperTokenizer
 
     from . import provenance
@@ -33,8 +32,7 @@ def transcribe_checkpoint(ckpt_dir, model_dir, features_path, manifest_path, dev
     tokenizer = WhisperTokenizer.from_pretrained(model_dir)
     rows, measured = run(model, tokenizer, features_path, manifest_path, device, decoding,
                          limit=limit, exclude=exclude, split=split, threads=threads,
-                         regime=regime, warmup_batches=warmup_batches, shard=shard,
-                         shard_size=shard_size)
+                         timing=timing, shard=shard, shard_size=shard_size)
     if not rows:
         raise PipelineError(f"split {split}: nothing was transcribed")
     timing = ShardTiming(**measured, entry=meta.entry, split=split, facts=meta.facts,
