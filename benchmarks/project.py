@@ -21,7 +21,8 @@ Cost model of one (entry, split) on CPU, in core-seconds (1 thread, as measured)
   multiply-accumulate ratio; the totals are given for all three. Architectures: ``DIMS``.
 * entry / fp32 time: this pipeline's CPU RTFs of Whisper base on the mini sets
   (docs/results/base-mini/matrix/runs.csv, per split); for ct2 and torchao entries the paired
-  medians of benchmarks/results_runtimes.json (base); entries measured nowhere are listed and
+  medians of benchmarks/results_runtimes*.json (base; a later run's entry replaces an
+  earlier one's: RUNTIMES_JSONS); entries measured nowhere are listed and
   left out of the totals.
 * each shard job's wall = its compute × (measured job wall / measured compute), which carries
   start-up, model load and the untimed warm-up batch.
@@ -55,7 +56,11 @@ FRAMES = 1500  # encoder positions of a 30 s window
 SPLITS = {"test-clean": (2620, 5.4 * 3600), "test-other": (2939, 5.3 * 3600)}
 QUANTIZE_CORE_S = 120  # per entry, small (notes: HQQ quantizes small in 70 s); upper-ish guess
 RUNS_CSV = REPO / "docs/results/base-mini/matrix/runs.csv"
-RUNTIMES_JSON = REPO / "benchmarks/results_runtimes.json"
+# a later file's entry replaces an earlier one's: the 4-utterance run, the 1-utterance int4
+# run, then the 8-utterance runs (benchmarks/README.md, "Runtimes")
+RUNTIMES_JSONS = [REPO / "benchmarks" / f for f in (
+    "results_runtimes.json", "results_runtimes_slow.json", "results_runtimes_compile.json",
+    "results_runtimes_int8dyn8.json")]
 # shared/notes/quantization-libraries.md, "Speed on this CPU" (random weights, 30 s input,
 # 50 forced tokens, 2 threads), small column: time / fp32 time. Shown beside the pipeline's
 # base ratios as the other available estimate, not used for the totals.
@@ -106,8 +111,11 @@ def base_ratios() -> dict:
 
 
 def runtime_ratios() -> dict:
-    summary = json.loads(RUNTIMES_JSON.read_text())["summary"]
-    return {e: s["time_ratio_vs_fp32"]["median"] for e, s in summary.items()}
+    out = {}
+    for path in RUNTIMES_JSONS:
+        summary = json.loads(path.read_text())["summary"]
+        out.update({e: s["time_ratio_vs_fp32"]["median"] for e, s in summary.items()})
+    return out
 
 
 def base_check() -> dict:

@@ -339,3 +339,45 @@ def test_wheels_for_the_gpu_image(tmp_path):
     r = subprocess.run([sys.executable, "-c", "import bitsandbytes, hqq, optimum.quanto"],
                        env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]  # pure Python and bnb: any python 3 here
+
+
+def test_runtime_entries_on_a_cuda_13_host_are_rows_not_crashes(monkeypatch, tmp_path,
+                                                                random_model_dir):
+    """`--entries runtimes` on the kit's machine (CTranslate2 sees the GPU but, a CUDA 12
+    build, cannot load cuBLAS 12 there): every ct2 entry and torchao's int4 are listed as
+    unsupported with their reasons by the real-model phase, the torchao int8 entries are run."""
+    import ctranslate2
+
+    from whisper_ptq.quantizers import ct2
+
+    gpu_types = {"float32", "int8", "int8_float32", "float16", "int8_float16", "bfloat16"}
+    real = ctranslate2.get_supported_compute_types
+    monkeypatch.setattr(ctranslate2, "get_supported_compute_types",
+                        lambda device, *a: gpu_types if device == "cuda" else real(device))
+    monkeypatch.setattr(ct2, "CUDA_BLAS", "libcublas.so.12-absent")
+    ct2.supported_types.cache_clear()  # answers are cached per process
+    ct2.cuda_library_error.cache_clear()
+    try:
+        check = _module("check")
+        args = check.parser().parse_args(["--model", str(random_model_dir), "--mini", ".",
+                                          "--out", str(tmp_path), "--entries", "runtimes",
+                                          "--budget-s", "60"])
+        study = check.load(args)
+        names = check.entry_names(study, args)
+        libraries = {n: study.entries[n]["library"] for n in names}
+        assert names[0] == "fp32" and {libraries[n] for n in names[1:]} == {"ct2", "torchao"}
+        assert {n for n in study.entries if study.entries[n]["library"] in ("ct2", "torchao")} \
+            == set(names[1:])
+        unsupported = [n for n in names if study.unsupported_reason(n, "cuda")]
+        assert unsupported == [n for n in names if libraries[n] == "ct2" or "int4wo" in n]
+        res = check.Results(tmp_path, check.device_header("cpu", args))
+        assert check.run_real(study, unsupported, {}, args, check.Budget(60), res) == {}
+        rows = {r["entry"]: r for r in res.data["not_run"]}
+        assert list(rows) == unsupported and {r["status"] for r in rows.values()} == {"unsupported"}
+        assert all("libcublas.so.12-absent" in rows[n]["reason"] for n in rows if "ct2" in n)
+        assert "Int4WeightOnlyConfig" in rows["torchao-int4wo"]["reason"]
+        md = (tmp_path / "results.md").read_text()
+        assert f"| {random_model_dir.name} | ct2-bf16 | unsupported | CTranslate2 " in md
+    finally:
+        ct2.supported_types.cache_clear()
+        ct2.cuda_library_error.cache_clear()

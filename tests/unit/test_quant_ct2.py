@@ -1,6 +1,8 @@
 """CTranslate2 runtime: conversion, checkpoint sizes, support rows, errors (tiny random model),
 then real tiny.en and base against transformers fp32 (slow)."""
 
+import ctypes.util
+
 import ctranslate2
 import pytest
 import torch
@@ -11,7 +13,7 @@ from whisper_ptq import PipelineError
 from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
 from whisper_ptq.features import FeatureCache
 from whisper_ptq.modeling import load_fp32
-from whisper_ptq.quantizers import get
+from whisper_ptq.quantizers import ct2, get
 from whisper_ptq.quantizers.ct2 import longform
 
 CPU_TYPES = ctranslate2.get_supported_compute_types("cpu")
@@ -52,17 +54,84 @@ def test_checkpoint_is_the_converted_model_with_its_sizes(random_model_dir, tmp_
     assert model.runtime_info["intra_threads"] == torch.get_num_threads()
 
 
-def test_support_comes_from_ctranslate2():
+@pytest.fixture
+def fresh_support():
+    """ct2's support answers are cached per process: each test asks afresh, and leaves none."""
+    ct2.supported_types.cache_clear()
+    ct2.cuda_library_error.cache_clear()
+    yield
+    ct2.supported_types.cache_clear()
+    ct2.cuda_library_error.cache_clear()
+
+
+def fake_cuda(monkeypatch, types):
+    """CTranslate2 answering for a GPU (``types``), or seeing none (``None``); CPU unchanged."""
+    real = ctranslate2.get_supported_compute_types
+
+    def supported(device, device_index=0):
+        if device != "cuda":
+            return real(device)
+        if types is None:
+            raise RuntimeError("CUDA failed with error no CUDA-capable device is detected")
+        return set(types)
+
+    monkeypatch.setattr(ctranslate2, "get_supported_compute_types", supported)
+
+
+# CTranslate2's answer on compute capability >= 8 (A100 / H100): no int16 on CUDA
+GPU_TYPES = {"float32", "int8", "int8_float32", "float16", "int8_float16", "bfloat16",
+             "int8_bfloat16"}
+
+
+def test_cpu_support_comes_from_ctranslate2(fresh_support):
     q = get("ct2")
     for scheme in q.schemes:
         reason = q.unsupported(entry(scheme), "cpu")
         assert (reason is None) == (scheme in CPU_TYPES), (scheme, reason)
+        if reason:
+            assert f"not {scheme}" in reason and "offers" in reason
     if "int16" not in CPU_TYPES:
         assert "MKL" in q.unsupported(entry("int16"), "cpu")
-    # asking about CUDA never crashes, with or without a CUDA device here
-    assert "CPU compute type" in (q.unsupported(entry("int16"), "cuda") or "CPU compute type")
-    assert q.unsupported(entry("float16"), "cuda") is None or "float16" in q.unsupported(
-        entry("float16"), "cuda")
+
+
+def test_gpu_with_cublas_12_runs_the_gpu_types(monkeypatch, fresh_support):
+    fake_cuda(monkeypatch, GPU_TYPES)
+    monkeypatch.setattr(ct2, "CUDA_BLAS", ctypes.util.find_library("c"))  # a loadable library
+    q = get("ct2")
+    for scheme in ("float32", "int8", "float16", "int8_float16", "bfloat16"):
+        assert q.unsupported(entry(scheme), "cuda") is None, scheme
+    reason = q.unsupported(entry("int16"), "cuda")
+    assert reason.endswith("on this cuda, not int16")
+    assert "bfloat16, float16, float32, int8" in reason and "MKL" not in reason
+
+
+def test_gpu_without_cublas_12_is_unsupported_with_the_reason(monkeypatch, fresh_support,
+                                                              random_model_dir, tmp_path):
+    """A CUDA-13-only host (the GPU kit's machine): CTranslate2 sees the GPU, but its CUDA 12
+    build cannot load cuBLAS 12, so every ct2 entry is an unsupported row, and loading one on
+    CUDA is a clear error before CTranslate2 touches the device."""
+    fake_cuda(monkeypatch, GPU_TYPES)
+    monkeypatch.setattr(ct2, "CUDA_BLAS", "libcublas.so.12-absent")
+    q = get("ct2")
+    for scheme in q.schemes:
+        reason = q.unsupported(entry(scheme), "cuda")
+        assert "libcublas.so.12-absent" in reason and "OpenNMT/CTranslate2#1933" in reason, scheme
+    assert q.unsupported(entry("int8"), "cpu") is None  # the CPU is not affected
+    save_checkpoint("i8", entry("int8"), random_model_dir, tmp_path / "i8")
+    with pytest.raises(PipelineError, match="cannot run on cuda: CTranslate2 .* CUDA 12 build"):
+        load_checkpoint(tmp_path / "i8", random_model_dir, "cuda")
+
+
+def test_where_ctranslate2_sees_no_gpu_its_documented_gpu_types_are_assumed(monkeypatch,
+                                                                             fresh_support):
+    """A login node plans GPU jobs: the CUDA rows follow CTranslate2's documented types, and the
+    library probe is not asked (the GPU job asks at load)."""
+    fake_cuda(monkeypatch, None)
+    monkeypatch.setattr(ct2, "CUDA_BLAS", "libcublas.so.12-absent")
+    q = get("ct2")
+    for scheme in ("float32", "int8", "float16", "int8_float16", "bfloat16"):
+        assert q.unsupported(entry(scheme), "cuda") is None, scheme
+    assert q.unsupported(entry("int16"), "cuda") == "int16 is a CPU compute type of CTranslate2"
 
 
 @pytest.mark.skipif(ctranslate2.get_cuda_device_count() > 0, reason="this host has a CUDA device")

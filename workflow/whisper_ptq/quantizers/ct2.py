@@ -22,6 +22,9 @@ Support comes from ``ctranslate2.get_supported_compute_types(device)``. On a hos
 CTranslate2 sees no CUDA device (a login node, a CPU workstation) the CUDA answer cannot be
 asked, so the CUDA types CTranslate2 documents for compute capability >= 8 are assumed and
 the GPU job asks again when it loads the model (a clear error if the GPU lacks the type).
+Where it sees one, CUDA also needs cuBLAS 12: the PyPI wheels are CUDA 12 builds that load
+``libcublas.so.12`` at their first matrix product (there is no CUDA 13 build,
+OpenNMT/CTranslate2#1933), so a CUDA-13-only host gets unsupported rows saying so.
 
 Transcription (``CT2Whisper.transcriber``) reads the same cached log-mel batches: ``encode``
 is timed as the encoder, then ``generate`` on the encoder output (greedy, beam 1) as the
@@ -43,6 +46,9 @@ TOKENIZER = "tokenizer.json"
 # compute types CTranslate2 documents for CUDA (compute capability >= 8.0, e.g. A100/H100)
 CUDA_TYPES = frozenset({"float32", "int8", "int8_float32", "float16", "int8_float16",
                         "bfloat16", "int8_bfloat16"})
+
+# what CTranslate2's CUDA kernels load at run time (dlopen; see the module docstring)
+CUDA_BLAS = "libcublas.so.12"
 
 FLOAT_FRONT = ["embed_positions", "layer norms", "biases"]
 
@@ -80,6 +86,25 @@ def supported_types(device: str) -> tuple[frozenset, str | None]:
         return frozenset(), f"{type(e).__name__}: {e}"
 
 
+@functools.lru_cache(maxsize=None)
+def cuda_library_error() -> str | None:
+    """Why CTranslate2's CUDA kernels cannot run in this process (cuBLAS 12 not loadable), or
+    None. Asked as CTranslate2 asks: by library name, after torch (a CUDA 12 torch has then
+    loaded its own cuBLAS 12, which CTranslate2 finds by that name)."""
+    import ctypes
+
+    import torch  # noqa: F401
+
+    try:
+        ctypes.CDLL(CUDA_BLAS)
+    except OSError as e:
+        return (f"CTranslate2 {_version()} is a CUDA 12 build: its CUDA kernels load {CUDA_BLAS}, "
+                f"which cannot be loaded here ({e}); CUDA 13 has no CTranslate2 build "
+                "(OpenNMT/CTranslate2#1933): a CUDA 12 torch or nvidia-cublas-cu12 on the "
+                "library path")
+    return None
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -99,6 +124,8 @@ class CTranslate2(Quantizer):
         scheme = entry["scheme"]
         types, error = supported_types(device)
         if error is None:
+            if device == "cuda" and cuda_library_error():
+                return cuda_library_error()
             if scheme in types:
                 return None
             why = (" (int16 needs CTranslate2's MKL backend, Intel CPUs; CT2_USE_MKL is never "
@@ -126,6 +153,8 @@ class CTranslate2(Quantizer):
         import torch
 
         types, error = supported_types(device)
+        if device == "cuda" and error is None and cuda_library_error():
+            raise PipelineError(cuda_library_error())
         if entry["scheme"] not in types:
             raise PipelineError(
                 f"CTranslate2 {_version()} cannot run compute type {entry['scheme']} on {device}"
@@ -224,7 +253,7 @@ class CT2Transcriber:
         import numpy as np
 
         timing = {"encoder": 0.0, "decoder": 0.0, "longform": 0.0}
-        feats = np.ascontiguousarray(feats.float().numpy())
+        feats = np.ascontiguousarray(feats.float().cpu().numpy())  # copied to the model's device
         t0 = time.perf_counter()
         if feats.shape[-1] > NB_MAX_FRAMES:  # alone; fixed 30 s windows (see longform())
             windows = longform(feats[0])  # kept alive: a StorageView does not copy it

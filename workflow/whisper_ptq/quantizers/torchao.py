@@ -10,8 +10,12 @@ What torchao does to Whisper (0.18.0, torch 2.13):
 * int4wo, CPU: ``PrototypeInt4WeightOnlyConfig(group_size)`` (``Int4OpaqueTensor``, packed for
   ``_weight_int4pack_mm_for_cpu``): 4-bit asymmetric (scale + zero point per group,
   tinygemm's choice). The output head stays float and tied to the embedding: its rows
-  (51864 / 51865) do not pack. torchao's CUDA int4 (tile-packed, bfloat16) packs on the GPU
-  while checkpoints here are quantized once on CPU, so int4wo on CUDA is an unsupported row.
+  (51864 / 51865) do not pack. CUDA int4 is another tensor type, ``Int4WeightOnlyConfig``:
+  its default "plain" packing needs the ``mslk`` package, "tile_packed_to_4d" (tinygemm)
+  needs bfloat16 weights and packs them on a GPU of compute capability >= 8 at
+  quantization; checkpoints here are quantized once, on CPU, so int4wo on CUDA is an
+  unsupported row. The int8 tensors move to CUDA at load (torchao's int8 matmul there:
+  ``torch._int_mm`` through cuBLAS, a float fallback for shapes it refuses).
 * Every nn.Linear is quantized (``proj_out`` as its own int8 copy, as with torch/quanto/hqq).
 
 ``compile: true`` wraps encoder, decoder and head in ``torch.compile(dynamic=True)`` at load
@@ -68,8 +72,9 @@ class TorchAO(Quantizer):
 
     def unsupported(self, entry, device):
         if entry["scheme"] == "int4wo" and device == "cuda":
-            return ("torchao's CUDA int4 (tile-packed, bfloat16) packs weights on the GPU; "
-                    "checkpoints here are quantized on CPU, whose int4 format has CPU kernels only")
+            return ("torchao's CUDA int4 (Int4WeightOnlyConfig: tile-packed bfloat16 packed on "
+                    "the GPU, or 'plain' with the mslk package) cannot be made from checkpoints "
+                    "quantized on CPU, whose int4 format (Int4OpaqueTensor) has CPU kernels only")
         return super().unsupported(entry, device)
 
     def describe(self, entry):
