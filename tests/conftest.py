@@ -77,6 +77,28 @@ def fake_split_dir(fake_mirror, tmp_path_factory) -> Path:
                          tmp_path_factory.mktemp("fake-ls") / "test-clean")
 
 
+@pytest.fixture(scope="session")
+def real_cache(clean_split_dir, tiny_en_dir, tmp_path_factory):
+    """tiny.en features of the real-weight check (real_study): (cache dir, calibration ids)."""
+    from real_study import build_cache
+
+    return build_cache(clean_split_dir, tiny_en_dir, tmp_path_factory.mktemp("real"))
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32_wer(real_cache, tiny_en_dir, tmp_path_factory) -> float:
+    """The fp32 baseline of the real-weight check, computed once for every library's test."""
+    from real_study import pipeline_wer
+
+    from whisper_ptq.checkpoint import save_checkpoint
+    from whisper_ptq.quantizers import get
+
+    ckpt = tmp_path_factory.mktemp("tiny-fp32") / "fp32"
+    save_checkpoint("fp32", get("fp").validate("fp32", {"library": "fp", "scheme": "fp32"}),
+                    tiny_en_dir, ckpt)
+    return pipeline_wer(ckpt, tiny_en_dir, real_cache)
+
+
 def make_random_model_dir(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     """A tiny randomly initialised Whisper (mechanics only) with ``tokenizer_dir``'s tokenizer
     (a real checkpoint's, or make_tokenizer_dir's)."""

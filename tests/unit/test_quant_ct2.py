@@ -7,7 +7,7 @@ import ctranslate2
 import pytest
 import torch
 from quant_roundtrip import FEATS
-from test_quant_real import N_SCORED, real_cache  # noqa: F401  (the real tiny.en feature cache)
+from real_study import MAX_WER_INCREASE, N_SCORED, pipeline_wer
 
 from whisper_ptq import PipelineError
 from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
@@ -167,7 +167,7 @@ def fp32_texts(model_dir, feats):
     return run(feats)[0]
 
 
-def real_feats(real_cache, n):  # noqa: F811
+def real_feats(real_cache, n):
     d, calib = real_cache
     cache = FeatureCache(d / "f.safetensors")
     return torch.stack([cache.get(uid) for uid in calib[:n]])
@@ -175,20 +175,16 @@ def real_feats(real_cache, n):  # noqa: F811
 
 @pytest.mark.slow
 def test_real_tiny_en_fp32_matches_transformers_and_int8_stays_close(tiny_en_dir, real_cache,
-                                                                      tmp_path):
+                                                                      tiny_fp32_wer, tmp_path):
     """tiny.en (English-only prompt: SOT, no-timestamps): CTranslate2 float32 decodes what
     transformers fp32 decodes; int8 stays within the 8-bit bound; conversion is deterministic."""
-    from test_quant_real import MAX_WER_INCREASE, transcribe as pipeline_wer
-
     torch.set_num_threads(2)
     feats = real_feats(real_cache, 4)
     save_checkpoint("f32", entry("float32"), tiny_en_dir, tmp_path / "f32")
     (texts, _), model = transcribe(tmp_path / "f32", tiny_en_dir, feats, {"max_new_tokens": 160})
     assert model.prompt({}) == [50257, 50362]
     assert texts == fp32_texts(tiny_en_dir, feats)
-    fp = get("fp").validate("fp32", {"library": "fp", "scheme": "fp32"})
-    save_checkpoint("fp32", fp, tiny_en_dir, tmp_path / "fp32")
-    base = pipeline_wer(tmp_path / "fp32", tiny_en_dir, real_cache)
+    base = tiny_fp32_wer
     save_checkpoint("i8", entry("int8"), tiny_en_dir, tmp_path / "i8")
     wer = pipeline_wer(tmp_path / "i8", tiny_en_dir, real_cache)
     print(f"tiny.en {N_SCORED} utts: fp32 WER {base:.2f}, ct2-int8 {wer:.2f}")
@@ -198,7 +194,7 @@ def test_real_tiny_en_fp32_matches_transformers_and_int8_stays_close(tiny_en_dir
 
 
 @pytest.mark.slow
-def test_real_base_fp32_matches_transformers(base_dir, real_cache, tmp_path):  # noqa: F811
+def test_real_base_fp32_matches_transformers(base_dir, real_cache, tmp_path):
     """Multilingual base (prompt SOT, en, transcribe, no-timestamps) on the same features
     (tiny.en's and base's feature extractors are identical: 80 mel bins)."""
     torch.set_num_threads(2)
