@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,7 +144,9 @@ def test_killed_features_step_leaves_no_output(fake_split_dir, random_model_dir,
     speaker_dir = next(p for p in sorted(fake_split_dir.iterdir()) if p.is_dir())
     shutil.copytree(speaker_dir, split / speaker_dir.name)
     out, manifest = tmp_path / "out" / "f.safetensors", tmp_path / "out" / "m.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(next(p for p in sys.path if p.endswith("workflow")))}
+    import whisper_ptq  # the package's folder, not a sys.path entry that merely ends alike
+
+    env = {**os.environ, "PYTHONPATH": str(Path(whisper_ptq.__file__).parents[1])}
     code = textwrap.dedent(KILL_ON_SECOND_UTTERANCE)
     p = subprocess.run([sys.executable, "-c", code, str(split), str(random_model_dir), str(out),
                         str(manifest)], env=env, capture_output=True)
