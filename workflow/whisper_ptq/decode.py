@@ -211,9 +211,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         "decoder_seconds": total["decoder"],
         "longform_seconds": total["longform"],
         "generated_tokens": total["tokens"],
-        "tokens_per_second": total["tokens"] / total["decoder"] if total["decoder"] > 0 else None,
-        "rtf": total["total"] / audio,
-        "rtfx": audio / total["total"] if total["total"] > 0 else None,
+        **rates(total["total"], audio, total["tokens"], total["decoder"]),
         "batches": len(batches),
         "batch_size": batch_size,
         "batch_seconds": [p["total"] for p in parts],
@@ -228,6 +226,16 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     if regime == "latency":
         timing.update(latency_stats(timing["batch_seconds"]))
     return out_rows, timing
+
+
+def rates(compute_seconds: float, audio_seconds: float, generated_tokens: int,
+          decoder_seconds: float) -> dict:
+    """RTF = compute / audio, RTFx = its inverse, tokens/s over decoder seconds: of one shard
+    here, of the gathered shards in ``scoring.gather_shards``."""
+    return {"tokens_per_second": (generated_tokens / decoder_seconds
+                                  if decoder_seconds > 0 else None),
+            "rtf": compute_seconds / audio_seconds,
+            "rtfx": audio_seconds / compute_seconds if compute_seconds > 0 else None}
 
 
 def latency_stats(seconds: list[float]) -> dict:

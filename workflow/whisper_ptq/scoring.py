@@ -93,6 +93,8 @@ def gather_shards(hyps: list[list[dict]], timings: list[ShardTiming]) -> tuple[l
     hardware stay listed under ``shard_runs``, and ``mixed_hardware`` names the hardware when
     the shards did not all run on the same (their RTFs are then not one machine's).
     """
+    from .decode import latency_stats, rates  # a shard's formulas; keeps imports light
+
     first = timings[0]
     what = f"{first.entry} {first.device} {first.split}"
     n = first.shard["count"]
@@ -113,19 +115,12 @@ def gather_shards(hyps: list[list[dict]], timings: list[ShardTiming]) -> tuple[l
              for k in _PEAK}
     kinds = sorted({hardware(t.provenance) for t in timings})
     batch_seconds = [b for t in timings for b in t.batch_seconds]
-    latency = {}
-    if first.regime == "latency":
-        from .decode import latency_stats
-
-        latency = latency_stats(batch_seconds)
+    latency = latency_stats(batch_seconds) if first.regime == "latency" else {}
     timing = Timing(
         **{k: getattr(first, k) for k in _SHARED},
         **total,
-        tokens_per_second=(total["generated_tokens"] / total["decoder_seconds"]
-                           if total["decoder_seconds"] > 0 else None),
-        rtf=total["compute_seconds"] / total["audio_seconds"],
-        rtfx=(total["audio_seconds"] / total["compute_seconds"]
-              if total["compute_seconds"] > 0 else None),
+        **rates(total["compute_seconds"], total["audio_seconds"], total["generated_tokens"],
+                total["decoder_seconds"]),
         batch_seconds=batch_seconds,
         **peaks,
         order=[uid for t in timings for uid in t.order],

@@ -241,7 +241,7 @@ def report(spec, input, output, threads):
 STEPS = {f.__name__: f for f in (download, model, features, quantize, transcribe, score, report)}
 
 
-def run(step: str, spec: dict, input: dict, output: dict, threads: int = 1) -> None:
+def run(step: str, spec: dict, input: dict, output: dict, threads: int) -> None:
     """Run ``step`` of one job; a missing spec key or path is a PipelineError naming it."""
     if step not in STEPS:
         raise PipelineError(f"unknown step {step!r}; known: {', '.join(STEPS)}")
