@@ -124,6 +124,10 @@ def test_pareto_rtf_axis_turns_log_only_when_the_rtfs_span_an_order_of_magnitude
     assert ax.get_xscale() == "log" and "log scale" in ax.get_xlabel()
     lo, hi = ax.get_xlim()
     assert lo < 0.3 and hi > 0.9 * figures.RTF_LOG_SPAN  # every point on the axis
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels(minor=True) + ax.get_xticklabels()
+             if t.get_text() and lo <= t.get_position()[0] <= hi]
+    assert shown and all(float(t) > 0 for t in shown)  # plain decimals, no 2×10⁻¹ labels
     assert fig.axes[0].get_xscale() == "linear"  # size reduction stays linear
 
 

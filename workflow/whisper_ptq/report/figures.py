@@ -231,6 +231,12 @@ def pareto(df: pd.DataFrame, device: str, png=None):
         ax.set_ylim(0, top)
         if key == "rtf" and _wide(p[key]):
             ax.set_xscale("log")  # eager int8-dynamic or int2 runs can be 10× slower than fp32
+            # plain decimals at 1-2-5 steps: matplotlib's 2×10⁻¹-style minor labels collide
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             xlabel += " (log scale)"
         ax.set_xlabel(xlabel)
         ax.set_ylabel("WER (%), pooled over the splits")
