@@ -37,9 +37,9 @@ def make_mirror(root: Path, splits=("test-clean", "test-other"), speakers=3,
     """A fabricated openslr mirror: ``<split>.tar.gz`` archives laid out like LibriSpeech's
     (LibriSpeech/<split>/<speaker>/<chapter>/*.flac + .trans.txt) and ``md5sum.txt``; every
     utterance 4–6 s of speechlike audio with an upper-case reference line."""
-    import hashlib
-
     import soundfile as sf
+
+    from whisper_ptq.data import md5_of
 
     root.mkdir(parents=True, exist_ok=True)
     sums = []
@@ -59,6 +59,6 @@ def make_mirror(root: Path, splits=("test-clean", "test-other"), speakers=3,
             members[f"LibriSpeech/{split}/{speaker}/{chapter}/{speaker}-{chapter}.trans.txt"] = (
                 "".join(lines).encode())
         archive = tar_gz(root / f"{split}.tar.gz", members)
-        sums.append(f"{hashlib.md5(archive.read_bytes()).hexdigest()}  {archive.name}\n")
+        sums.append(f"{md5_of(archive)}  {archive.name}\n")
     (root / "md5sum.txt").write_text("".join(sums))
     return root
