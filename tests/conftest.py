@@ -165,6 +165,33 @@ def random_model_dir(tmp_path_factory) -> Path:
     return make_random_model_dir(tmp_path_factory.mktemp("random-whisper"), tokenizer)
 
 
+# --- SLURM's startup probe ---------------------------------------------------------------
+# Every Snakemake start loads the SLURM executor plugin, which runs `scontrol show config` and
+# waits up to 10 s when SLURM's tools are installed but no controller answers (after
+# tests/workflow/test_slurm.py stopped its cluster, or on a machine that has slurm-wlm and no
+# daemons). /dev/null makes scontrol fail at once; test_slurm's cluster fixture puts the
+# site's value back while its cluster runs (site_slurm_conf).
+SITE_SLURM_CONF = os.environ.get("SLURM_CONF")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_slurm_probe():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", "/dev/null")
+        yield
+
+
+@pytest.fixture(scope="module")
+def site_slurm_conf():
+    """SLURM_CONF as the session found it (unset: scontrol reads /etc/slurm/slurm.conf)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if SITE_SLURM_CONF is None:
+            mp.delenv("SLURM_CONF", raising=False)
+        else:
+            mp.setenv("SLURM_CONF", SITE_SLURM_CONF)
+        yield
+
+
 # --- the slow marker, enforced ------------------------------------------------------------
 # Every test that reads real weights or audio, or runs Snakemake, is marked slow (README,
 # "Tests"): `-m "not slow"` is then the fast unit suite that needs no ../shared.

@@ -104,7 +104,7 @@ def _running() -> bool:
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster(tmp_path_factory, site_slurm_conf):
     if os.geteuid() != 0:
         pytest.skip("a local SLURM needs root (scripts/start-slurm.sh)")
     if _running():
