@@ -1,6 +1,10 @@
 """Checkpoint save/load mechanics for the fp and torch modules (tiny random model)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +101,37 @@ def test_torch_checkpoint_on_cuda_is_refused(random_model_dir, tmp_path):
     save_checkpoint("t", entry, random_model_dir, tmp_path / "t")
     with pytest.raises(PipelineError, match="cannot run on cuda"):
         load_checkpoint(tmp_path / "t", random_model_dir, "cuda")
+
+
+# checkpoints read back with torch.load(weights_only=True): the tensor types they hold must be
+# registered in the process that loads them, which for a transcribe job is a fresh one
+PICKLED = {"torch": {"scheme": "int8-dynamic"}, "torchao": {"scheme": "int4wo", "group_size": 32}}
+LOAD_IN_A_FRESH_PROCESS = """
+import sys, torch
+from whisper_ptq.checkpoint import load_checkpoint
+model, _ = load_checkpoint(sys.argv[1], sys.argv[2], "cpu")
+feats = torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    dec = torch.full((2, 4), model.config.decoder_start_token_id)
+    torch.save(model(input_features=feats, decoder_input_ids=dec).logits.float(), sys.argv[3])
+"""
+
+
+def test_pickled_checkpoints_load_in_a_fresh_process(random_model_dir, tmp_path):
+    """A reload in the quantizing process can pass only because quantizing imported the module
+    that registers the tensor type (torchao's int4 did, and its transcribe jobs failed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2] / "workflow"), os.environ.get("PYTHONPATH", "")])}
+    procs = {}
+    for library, raw in PICKLED.items():
+        entry = get(library).validate(library, {"library": library, **raw})
+        save_checkpoint(library, entry, random_model_dir, tmp_path / library)
+        procs[library] = subprocess.Popen(
+            [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, str(tmp_path / library),
+             str(random_model_dir), str(tmp_path / f"{library}.pt")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for library, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{library}: the checkpoint does not load in a fresh process:\n{out[-2000:]}"
+        here, _ = load_checkpoint(tmp_path / library, random_model_dir, "cpu")
+        assert torch.allclose(torch.load(tmp_path / f"{library}.pt"), logits(here), atol=1e-5)

@@ -134,6 +134,10 @@ class TorchAO(Quantizer):
         if reason:
             raise PipelineError(reason)
         if entry["scheme"] == "int4wo":
+            # importing the tensor's module registers it as a weights_only safe global: a fresh
+            # process (a transcribe job) has not imported it yet
+            import torchao.prototype.quantization.int4  # noqa: F401
+
             state = torch.load(ckpt_dir / PICKLE_FREE_PT, weights_only=True, map_location="cpu")
         else:
             from safetensors import safe_open
