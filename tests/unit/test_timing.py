@@ -69,6 +69,34 @@ def test_warmup_batch_is_run_but_not_timed(model_and_tokenizer, random_features,
     assert (t["compute_seconds"] >= 1000) == (warmup == 0)
 
 
+def test_a_smaller_last_batch_is_warmed_up_too(model_and_tokenizer, random_features, monkeypatch):
+    """6 utterances at batch 4: batches of 4 and 2. A compiled model compiles the 2 on first
+    sight; that must happen in the warm-up, not in the timed loop."""
+    model, tok = model_and_tokenizer
+    import whisper_ptq.decode as tr
+
+    encoder, seen, offset = model.model.encoder, set(), [0.0]
+    original = encoder.forward
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return time.perf_counter() + offset[0]
+
+    def forward(input_features, *args, **kwargs):
+        if input_features.shape[0] not in seen:  # a new shape: "compile" for 1000 s
+            seen.add(input_features.shape[0])
+            offset[0] += 1000.0
+        return original(input_features, *args, **kwargs)
+
+    monkeypatch.setattr(tr, "time", Clock)
+    encoder.forward = forward
+    rows, t = run(model, tok, *random_features, "cpu", {**DECODING, "batch_size": 4},
+                  timing={"warmup_batches": 1}, progress=False)
+    assert len(rows) == 6 and t["batches"] == 2 and seen == {4, 2}
+    assert t["warmup_batches"] == 2 and t["compute_seconds"] < 1000
+
+
 def test_parts_do_not_exceed_total_and_memory_is_filled(model_and_tokenizer, random_features):
     model, tok = model_and_tokenizer
     t0 = time.perf_counter()

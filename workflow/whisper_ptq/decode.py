@@ -8,7 +8,8 @@ Timing protocol (recorded in each ``<split>.timing.json``):
 
 * threads are fixed (``torch.set_num_threads``) before the model is loaded, and recorded;
 * ``warmup_batches`` batches are run first and not timed (their utterances are transcribed
-  again, timed, with the rest);
+  again, timed, with the rest), and the last batch too when it is smaller than those (every
+  batch shape is met before timing: a compiled model compiles per shape);
 * each batch is timed in two parts: the encoder forward, then ``generate`` on the encoder
   output (decoder) plus token decoding; on GPU ``torch.cuda.synchronize`` brackets each part;
 * RTF = Σ timed seconds / Σ audio seconds, RTFx = 1 / RTF; tokens/s = generated tokens /
@@ -189,7 +190,12 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     def stack(batch):
         return torch.stack([cache.get(r["id"]) for r in batch])
 
-    for batch in batches[:warmup_batches]:
+    warmup = batches[:warmup_batches]
+    # a smaller last batch is a shape the warm-up has not met: a torch.compile'd model would
+    # compile it inside the timed loop (seen: torchao-int8dyn-compiled's 8 after 16)
+    if warmup and len(batches[-1]) not in {len(b) for b in warmup}:
+        warmup.append(batches[-1])
+    for batch in warmup:
         transcriber(stack(batch))
     cuda_memory_reset(device)
     out_rows, parts = [], []
@@ -215,7 +221,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         "batches": len(batches),
         "batch_size": batch_size,
         "batch_seconds": [p["total"] for p in parts],
-        "warmup_batches": min(warmup_batches, len(batches)),
+        "warmup_batches": len(warmup),
         "threads": threads if threads is not None else torch.get_num_threads(),
         **memory_stats(device),
         "shard": {"index": index, "count": count, "start": start, "stop": stop,
