@@ -94,7 +94,9 @@ def test_a_smaller_last_batch_is_warmed_up_too(model_and_tokenizer, random_featu
     rows, t = run(model, tok, *random_features, "cpu", {**DECODING, "batch_size": 4},
                   timing={"warmup_batches": 1}, progress=False)
     assert len(rows) == 6 and t["batches"] == 2 and seen == {4, 2}
-    assert t["warmup_batches"] == 2 and t["compute_seconds"] < 1000
+    assert t["compute_seconds"] < 1000
+    # the protocol's count, not the extra shape: shards of one run must agree on it (gather)
+    assert t["warmup_batches"] == 1
 
 
 def test_parts_do_not_exceed_total_and_memory_is_filled(model_and_tokenizer, random_features):

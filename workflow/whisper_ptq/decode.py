@@ -221,7 +221,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         "batches": len(batches),
         "batch_size": batch_size,
         "batch_seconds": [p["total"] for p in parts],
-        "warmup_batches": len(warmup),
+        "warmup_batches": min(warmup_batches, len(batches)),  # the protocol's, equal in every shard
         "threads": threads if threads is not None else torch.get_num_threads(),
         **memory_stats(device),
         "shard": {"index": index, "count": count, "start": start, "stop": stop,
