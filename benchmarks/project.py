@@ -56,9 +56,8 @@ FRAMES = 1500  # encoder positions of a 30 s window
 SPLITS = {"test-clean": (2620, 5.4 * 3600), "test-other": (2939, 5.3 * 3600)}
 QUANTIZE_CORE_S = 120  # per entry, small (notes: HQQ quantizes small in 70 s); upper-ish guess
 RUNS_CSV = REPO / "docs/results/base-mini/matrix/runs.csv"
-# a later file's entry replaces an earlier one's: the 4-utterance run, the 1-utterance int4
-# run, then the 8-utterance runs (benchmarks/README.md, "Runtimes")
-# results_runtimes_slow.json is left out: its int4 ratios were timed on 1 utterance (batch
+# a later file's entry replaces an earlier one's: the 4-utterance run, then the 8-utterance
+# runs (benchmarks/README.md, "Runtimes"); results_runtimes_slow.json is left out: its int4 ratios were timed on 1 utterance (batch
 # 1); at the study's batch 16 torchao's CPU int4 kernel is 50-76x fp32 per linear
 # (results_int4_shapes.json), so a batch-1 ratio would project int4 far too fast
 RUNTIMES_JSONS = [REPO / "benchmarks" / f for f in (
