@@ -120,8 +120,9 @@ with torch.no_grad():
 def test_pickled_checkpoints_load_in_a_fresh_process(random_model_dir, tmp_path):
     """A reload in the quantizing process can pass only because quantizing imported the module
     that registers the tensor type (torchao's int4 did, and its transcribe jobs failed)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2] / "workflow"), os.environ.get("PYTHONPATH", "")])}
+    import whisper_ptq
+
+    env = {**os.environ, "PYTHONPATH": str(Path(whisper_ptq.__file__).parents[1])}
     procs = {}
     for library, raw in PICKLED.items():
         entry = get(library).validate(library, {"library": library, **raw})

@@ -34,8 +34,10 @@ def model_and_tokenizer(random_model_dir):
 DECODING = {"batch_size": 2, "max_new_tokens": 8}
 
 
-def slow_first_encoder_call(model, monkeypatch, seconds):
-    """The first encoder call takes ``seconds`` longer, on the clock the timing reads."""
+def slow_encoder(model, monkeypatch, seconds, key=lambda feats: None):
+    """An encoder call takes ``seconds`` longer, on the clock the timing reads, the first time
+    its ``key`` is seen (default: one key, so the first call only). Returns the keys of every
+    call, in order."""
     import whisper_ptq.decode as tr
 
     encoder, calls, offset = model.model.encoder, [], [0.0]
@@ -46,11 +48,12 @@ def slow_first_encoder_call(model, monkeypatch, seconds):
         def perf_counter():
             return time.perf_counter() + offset[0]
 
-    def forward(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
+    def forward(input_features, *args, **kwargs):
+        k = key(input_features)
+        if k not in calls:
             offset[0] += seconds
-        return original(*args, **kwargs)
+        calls.append(k)
+        return original(input_features, *args, **kwargs)
 
     monkeypatch.setattr(tr, "time", Clock)
     encoder.forward = forward
@@ -60,7 +63,7 @@ def slow_first_encoder_call(model, monkeypatch, seconds):
 @pytest.mark.parametrize("warmup", [0, 1])
 def test_warmup_batch_is_run_but_not_timed(model_and_tokenizer, random_features, warmup, monkeypatch):
     model, tok = model_and_tokenizer
-    calls = slow_first_encoder_call(model, monkeypatch, 1000.0)
+    calls = slow_encoder(model, monkeypatch, 1000.0)
     rows, t = run(model, tok, *random_features, "cpu", DECODING, timing={"warmup_batches": warmup},
                   progress=False)
     assert len(rows) == 6 and t["batches"] == 3 and t["warmup_batches"] == warmup
@@ -73,27 +76,11 @@ def test_a_smaller_last_batch_is_warmed_up_too(model_and_tokenizer, random_featu
     """6 utterances at batch 4: batches of 4 and 2. A compiled model compiles the 2 on first
     sight; that must happen in the warm-up, not in the timed loop."""
     model, tok = model_and_tokenizer
-    import whisper_ptq.decode as tr
-
-    encoder, seen, offset = model.model.encoder, set(), [0.0]
-    original = encoder.forward
-
-    class Clock:
-        @staticmethod
-        def perf_counter():
-            return time.perf_counter() + offset[0]
-
-    def forward(input_features, *args, **kwargs):
-        if input_features.shape[0] not in seen:  # a new shape: "compile" for 1000 s
-            seen.add(input_features.shape[0])
-            offset[0] += 1000.0
-        return original(input_features, *args, **kwargs)
-
-    monkeypatch.setattr(tr, "time", Clock)
-    encoder.forward = forward
+    # a new batch size: "compile" for 1000 s
+    calls = slow_encoder(model, monkeypatch, 1000.0, key=lambda feats: feats.shape[0])
     rows, t = run(model, tok, *random_features, "cpu", {**DECODING, "batch_size": 4},
                   timing={"warmup_batches": 1}, progress=False)
-    assert len(rows) == 6 and t["batches"] == 2 and seen == {4, 2}
+    assert len(rows) == 6 and t["batches"] == 2 and set(calls) == {4, 2}
     assert t["compute_seconds"] < 1000
     # the protocol's count, not the extra shape: shards of one run must agree on it (gather)
     assert t["warmup_batches"] == 1
