@@ -34,6 +34,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "workflow"))
+# progress bars would flood the device reply's 12 kB output tail; tqdm reads TQDM_* when it
+# is imported, so this goes before the package (and transformers) are
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from whisper_ptq.config import Study, load_study  # noqa: E402
@@ -76,15 +79,20 @@ MB = 2**20
 
 
 class Budget:
-    def __init__(self, seconds: float):
+    """The time left, overall or to a phase: PHASE_END's shares, scaled so that the last phase
+    this run has ends with the budget (a run without the random-weight shapes gives the real
+    model all of it)."""
+
+    def __init__(self, seconds: float, phases=tuple(PHASE_END)):
         self.t0, self.total = time.monotonic(), seconds
+        self.scale = 1.0 / max((PHASE_END[p] for p in phases), default=1.0)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
     def left(self, phase: str | None = None) -> float:
-        end = self.total * (PHASE_END.get(phase, 1.0) if phase else 1.0)
-        return end - self.elapsed()
+        share = min(1.0, PHASE_END[phase] * self.scale) if phase else 1.0
+        return self.total * share - self.elapsed()
 
 
 class Results:
@@ -616,8 +624,9 @@ def check(args) -> int:
         raise SystemExit(f"check: unknown shapes {unknown}; known: {list(SHAPES)}")
     if args.scratch is None:
         args.scratch = default_scratch(args.work)
-    budget = Budget(args.budget_s)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would flood the 12 kB output tail
+    phases = ((() if args.no_real else ("real",))
+              + (() if args.no_real or args.no_agreement else ("agreement",)) + tuple(shapes))
+    budget = Budget(args.budget_s, phases)
     import transformers
 
     transformers.logging.set_verbosity_error()  # min_new_tokens notices on every generate call
