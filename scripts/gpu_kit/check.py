@@ -44,6 +44,7 @@ from whisper_ptq.data import extract_split  # noqa: E402
 from whisper_ptq.features import (calibration_batches, calibration_ids, compute_features,  # noqa: E402
                                   load_manifest)
 from whisper_ptq.io import read_jsonl  # noqa: E402
+from whisper_ptq.report.tables import delta_text  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
 from whisper_ptq.decode import make_transcriber  # noqa: E402
 from whisper_ptq.transcribe import transcribe_checkpoint  # noqa: E402
@@ -76,6 +77,8 @@ MAX_BATCH_ENTRIES = ["fp32", "fp16", "bf16", "quanto-int8", "hqq-int4-g64", "bnb
 PHASE_END = {"real": 0.35, "agreement": 0.45, "whisper-small": 0.65, "whisper-large-v3": 1.0,
              "test": 1.0}
 MB = 2**20
+DWER = ("dwer", "dwer_lo", "dwer_hi", "dwer_significant")  # report.tables.delta_text's order
+HYPS = "hyps"  # in --out: each real row's hypotheses (id, speaker, reference, hypothesis)
 
 
 class Budget:
@@ -166,26 +169,40 @@ def _f(x, fmt="{:.2f}"):
     return "–" if x is None else fmt.format(x)
 
 
+def run_scope(a: dict) -> str:
+    """What a run was asked for, where it was less than everything."""
+    parts = ["--quick"] if a.get("quick") else []
+    parts += [f"--{k.replace('_', '-')} {a[k]}" for k in ("entries", "real_entries", "shapes")
+              if a.get(k) not in (None, "whisper-small,whisper-large-v3")]
+    parts += [f"--{k.replace('_', '-')}" for k in ("no_real", "no_agreement") if a.get(k)]
+    return f" ({' '.join(parts)})" if parts else ""
+
+
 def markdown(d: dict) -> str:
     h = d["device"]
     pk = ", ".join(f"{k} {v}" for k, v in h["packages"].items() if v)
-    lines = [f"# GPU check: {device_line(h)}", "",
-             f"- run {h['date_utc']} UTC on {h['host']}, commit {h.get('commit') or '?'}, kit "
-             f"{h.get('kit') or '?'}, {d['elapsed_s']:.0f} s of a {h['args']['budget_s']:.0f} s "
-             f"budget{' (--quick)' if h['args']['quick'] else ''}",
-             f"- packages: {pk}", ""]
+    lines = [f"# GPU check: {device_line(h)}", ""]
+    for run in d.get("runs") or [{"device": h, "elapsed_s": d["elapsed_s"]}]:  # merge.py: several
+        r = run["device"]
+        lines.append(f"- run {r['date_utc']} UTC on {r['host']}, commit {r.get('commit') or '?'}, "
+                     f"kit {r.get('kit') or '?'}, {run['elapsed_s']:.0f} s of a "
+                     f"{r['args']['budget_s']:.0f} s budget{run_scope(r['args'])}")
+    lines += [f"- packages: {pk}", ""]
     if d["real"]:
         a = h["args"]
         lines += [f"## Real {Path(a['model']).name} on the mini LibriSpeech splits "
                   f"(batch {a['batch_size']}, greedy)", "",
                   "Static-activation entries calibrate on 16 test-clean utterances, which no "
-                  "entry scores. Peak memory: CUDA allocated / reserved during transcription.", "",
-                  "| entry | split | n | WER % | CER % | RTF | enc s | dec s | tok/s | peak alloc MB "
-                  "| peak reserved MB | quantize s | MB on disk |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "entry scores. ΔWER: against fp32 on the same utterances, paired speaker "
+                  "bootstrap, † where its 95 % interval excludes 0. Peak memory: CUDA allocated "
+                  "/ reserved during transcription.", "",
+                  "| entry | split | n | WER % | ΔWER [95 % CI] | CER % | RTF | enc s | dec s | tok/s "
+                  "| peak alloc MB | peak reserved MB | quantize s | MB on disk |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in d["real"]:
             lines.append(
                 f"| {r['entry']} | {r['split']} | {r['utterances']} | {_f(r['wer'])} | "
+                f"{delta_text(*(r.get(k) for k in DWER))} | "
                 f"{_f(r['cer'])} | {_f(r['rtf'], '{:.4f}')} | {_f(r['encoder_s'])} | "
                 f"{_f(r['decoder_s'])} | {_f(r['tokens_per_s'], '{:.0f}')} | "
                 f"{_f(r['peak_alloc_mb'], '{:.0f}')} | {_f(r['peak_reserved_mb'], '{:.0f}')} | "
@@ -258,6 +275,22 @@ def entry_names(study: Study, args) -> list[str]:
     return order
 
 
+def delta_vs_fp32(hyp_dir: Path, name: str, split: str) -> dict:
+    """ΔWER / ΔCER against fp32 on the same utterances, with the pipeline's paired speaker
+    bootstrap (95 %); empty for fp32 itself or while no fp32 hypotheses are kept."""
+    from whisper_ptq.stats import paired_delta
+
+    base = hyp_dir / f"fp32.{split}.jsonl"
+    if name == "fp32" or not base.is_file():
+        return {}
+    a, b = (score_rows(read_jsonl(p)) for p in (base, hyp_dir / f"{name}.{split}.jsonl"))
+    out = {}
+    for key, unit in (("dwer", "words"), ("dcer", "chars")):
+        ci = paired_delta(a, b, unit, what=f"{name} {split}")
+        out.update(ci.as_dict(key), **{f"{key}_significant": ci.excludes_zero})
+    return out
+
+
 def short_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
 
@@ -327,6 +360,9 @@ def run_real(study, names, feats, args, budget, res) -> dict:
                                           threads=args.threads)
                 s = score_rows(read_jsonl(hyp))
                 hyps.setdefault(name, {})[split] = hyp
+                kept = args.out / HYPS / f"{name}.{split}.jsonl"  # for ΔWER here and in merge.py
+                kept.parent.mkdir(exist_ok=True)
+                shutil.copyfile(hyp, kept)
                 res.add("real", {
                     "model": model_name, "entry": name, "split": split,
                     "utterances": t.utterances, "wer": s["wer"], "cer": s["cer"],
@@ -336,7 +372,7 @@ def run_real(study, names, feats, args, budget, res) -> dict:
                     "peak_reserved_mb": t.cuda_peak_reserved_mb,
                     "peak_rss_mb": t.peak_rss_mb, "quantize_s": meta.quantize_seconds,
                     "mb_on_disk": meta.bytes_on_disk / MB, "facts": meta.facts,
-                    "notes": meta.notes}, budget)
+                    "notes": meta.notes, **delta_vs_fp32(args.out / HYPS, name, split)}, budget)
                 print(f"{name} {split}: WER {s['wer']:.2f} RTF {t.rtf:.4f} "
                       f"({budget.elapsed():.0f} s)", flush=True)
         except Exception as e:  # every entry is reported, even when one breaks

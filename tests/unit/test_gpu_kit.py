@@ -244,6 +244,7 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     assert "| test (random) | hqq-int4-g64 |" in md
     assert "| tiny.en | fp16 | unsupported |" in md
     assert "test-clean: 1 of 1 hypotheses identical" in md
+    assert (out / "hyps" / "fp32.test-other.jsonl").is_file()  # kept for ΔWER (merge.py)
 
 
 def test_budget_guard_still_writes_the_tables(tmp_path, random_model_dir):
@@ -412,3 +413,88 @@ def test_check_turns_progress_bars_off_before_tqdm_is_imported():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "True"
+
+
+def _run(date, real=(), not_run=(), synthetic=(), kit_id="k1", **args):
+    a = {"budget_s": 100.0, "quick": False, "entries": None, "real_entries": None, "shapes": None,
+         "no_real": False, "no_agreement": False, "batch_size": 16, "limit": None,
+         "model": "/x/tiny.en", "tokens": 128, "step_cap_s": 20.0, "max_batch": 1024, **args}
+    header = {"device": "cuda", "gpu": "G", "driver": "1", "torch": "2", "cuda": "13",
+              "python": "3.12", "host": "h", "cpu_count": 2, "date_utc": date, "commit": "c",
+              "kit": kit_id, "packages": {"transformers": "5"}, "args": a,
+              "gpu_memory_mib": 1}
+    row = lambda e, s: {"model": "tiny.en", "entry": e, "split": s, "utterances": 1, "wer": 1.0,
+                        "cer": 1.0, "rtf": 0.1, "encoder_s": 1, "decoder_s": 1,
+                        "tokens_per_s": 1, "peak_alloc_mb": 1, "peak_reserved_mb": 1,
+                        "quantize_s": 1, "mb_on_disk": 1}
+    return {"device": header, "elapsed_s": 10.0, "agreement": None, "synthetic": list(synthetic),
+            "real": [row(e, s) for e in real for s in ("test-other", "test-clean")],
+            "not_run": [{"model": "tiny.en", "entry": e, "status": st, "reason": st}
+                        for e, st in not_run]}
+
+
+def test_merge_joins_runs_of_one_kit_in_config_order():
+    merge = _module("merge")
+    order = ["fp32", "fp16", "bnb-nf4", "bnb-int8", "torch-int8-dyn"]
+    first = _run("d1", real=["fp32", "fp16"],
+                 not_run=[("torch-int8-dyn", "unsupported"), ("bnb-nf4", "skipped"),
+                          ("bnb-int8", "skipped")])
+    later = _run("d2", real=["bnb-nf4"], not_run=[("bnb-int8", "failed")],
+                 entries="bnb-nf4,bnb-int8", shapes="none", budget_s=50.0)
+    m = merge.merge([first, later], order)
+    assert [(r["entry"], r["split"]) for r in m["real"]] == [
+        (e, s) for e in ("fp32", "fp16", "bnb-nf4") for s in ("test-clean", "test-other")]
+    # measured later: no longer "not measured"; a later run's word replaces an earlier one's
+    assert [(r["entry"], r["status"]) for r in m["not_run"]] == [
+        ("bnb-int8", "failed"), ("torch-int8-dyn", "unsupported")]
+    assert m["elapsed_s"] == 20.0
+    md = _module("check").markdown(m)
+    assert "- run d1 UTC on h, commit c, kit k1, 10 s of a 100 s budget\n" in md
+    assert "- run d2 UTC on h, commit c, kit k1, 10 s of a 50 s budget (--entries " \
+           "bnb-nf4,bnb-int8 --shapes none)\n" in md
+
+
+def test_merge_refuses_runs_it_cannot_put_in_one_table():
+    merge = _module("merge")
+    with pytest.raises(SystemExit, match="b has kit 'k2', a 'k1'"):
+        merge.merge([_run("d1", real=["fp32"]), _run("d2", kit_id="k2")], ["fp32"], ["a", "b"])
+    with pytest.raises(SystemExit, match="b's real rows have batch_size 8, a's 16"):
+        merge.merge([_run("d1", real=["fp32"]), _run("d2", real=["fp16"], batch_size=8)],
+                    ["fp32", "fp16"], ["a", "b"])
+    with pytest.raises(SystemExit, match="tiny.en fp32 test-other is in a and b"):
+        merge.merge([_run("d1", real=["fp32"]), _run("d2", real=["fp32"])], ["fp32"], ["a", "b"])
+
+
+def _hyps(path, texts):
+    """A kept hypotheses file: three speakers, references of four words each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ref = "the cat sat down"
+    path.write_text("".join(json.dumps({"id": f"{s}-{i}", "speaker": str(s), "reference": ref,
+                                        "hypothesis": t}) + "\n"
+                            for i, (s, t) in enumerate(zip((1, 1, 2, 3), texts))))
+
+
+def test_merge_gives_dwer_against_fp32_from_another_run(tmp_path):
+    """fp32 measured by one run, bnb-nf4 by a later one: merge.py pairs their kept
+    hypotheses (ΔWER = 2 errors in 16 words) and the table shows the interval."""
+    merge = _module("merge")
+    first, later = tmp_path / "a", tmp_path / "b"
+    for d, run, entry, texts in (
+            (first, _run("d1", real=["fp32"]), "fp32", ["the cat sat down"] * 4),
+            (later, _run("d2", real=["bnb-nf4"]), "bnb-nf4",
+             ["the cat sat down", "a cat sat down", "the cat sat", "the cat sat down"])):
+        for split in ("test-clean", "test-other"):
+            _hyps(d / "hyps" / f"{entry}.{split}.jsonl", texts)
+        (d / "results.json").write_text(json.dumps(run))
+    assert merge.main(["--out", str(tmp_path / "out"), str(first), str(later)]) == 0
+    d = json.loads((tmp_path / "out" / "results.json").read_text())
+    rows = {(r["entry"], r["split"]): r for r in d["real"]}
+    assert "dwer" not in rows[("fp32", "test-clean")]
+    nf4 = rows[("bnb-nf4", "test-clean")]
+    assert nf4["dwer"] == pytest.approx(100 * 2 / 16)
+    assert nf4["dwer_lo"] >= 0 and nf4["dwer_hi"] > nf4["dwer"]
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert f"| bnb-nf4 | test-clean | 1 | 1.00 | +12.50" in md
+    assert sorted(p.name for p in (tmp_path / "out" / "hyps").iterdir()) == [
+        "bnb-nf4.test-clean.jsonl", "bnb-nf4.test-other.jsonl", "fp32.test-clean.jsonl",
+        "fp32.test-other.jsonl"]

@@ -1,0 +1,109 @@
+"""Several runs of the GPU check on one machine, as one table (docs/results/gpu/).
+
+A lent machine's 15 minutes rarely hold every entry in one run; later runs of the same kit
+(`kit.py run -- --entries ...`) measure what the first one skipped. This writes their rows as
+one results.md / results.json: rows in config.yaml's order, an entry skipped by one run but
+measured by another no longer listed as not measured, one line per run, and ΔWER against
+fp32 from the runs' kept hypotheses (fp32 and the entry may come from different runs). Runs
+of another kit, GPU, driver or torch, or with other table settings, are refused, not mixed.
+
+    python scripts/gpu_kit/merge.py --out docs/results/gpu RUN_DIR...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import check  # noqa: E402
+
+SAME_MACHINE = ("device", "gpu", "driver", "torch", "kit")
+# the arguments a table's header states once: its rows must share them
+SAME_TABLE = {"real": ("batch_size", "limit"), "synthetic": ("tokens", "step_cap_s", "max_batch")}
+
+
+def merge(runs: list[dict], order: list[str], names: list[str] | None = None) -> dict:
+    names = names or [f"run {i + 1}" for i in range(len(runs))]
+    first = runs[0]["device"]
+    for name, run in zip(names[1:], runs[1:]):
+        for key in SAME_MACHINE:
+            if run["device"].get(key) != first.get(key):
+                raise SystemExit(f"merge: {name} has {key} {run['device'].get(key)!r}, "
+                                 f"{names[0]} {first.get(key)!r}")
+    for kind, keys in SAME_TABLE.items():
+        with_rows = [(n, r["device"]["args"]) for n, r in zip(names, runs) if r[kind]]
+        for n, a in with_rows[1:]:
+            for key in keys + (("model",) if kind == "real" else ()):
+                mine = Path(a[key]).name if key == "model" else a[key]
+                theirs = with_rows[0][1][key]
+                theirs = Path(theirs).name if key == "model" else theirs
+                if mine != theirs:
+                    raise SystemExit(f"merge: {n}'s {kind} rows have {key} {mine!r}, "
+                                     f"{with_rows[0][0]}'s {theirs!r}")
+    rank = {e: i for i, e in enumerate(order)}
+    out = {"device": first, "runs": [], "real": [], "not_run": [], "agreement": None,
+           "synthetic": [], "elapsed_s": 0.0}
+    seen: dict[tuple, str] = {}
+    for name, run in zip(names, runs):
+        out["runs"].append({"device": run["device"], "elapsed_s": run["elapsed_s"]})
+        out["elapsed_s"] += run["elapsed_s"]
+        out["agreement"] = out["agreement"] or run["agreement"]
+        for kind in ("real", "synthetic"):
+            for row in run[kind]:
+                key = (kind, row["model"], row["entry"], row.get("split"))
+                if key in seen:
+                    raise SystemExit(f"merge: {row['model']} {row['entry']} "
+                                     f"{row.get('split') or ''} is in {seen[key]} and {name}: "
+                                     "leave one of them out")
+                seen[key] = name
+                out[kind].append(row)
+    measured = {(r["model"], r["entry"]) for kind in ("real", "synthetic") for r in out[kind]}
+    last = {}  # a later run's word on an entry replaces an earlier one's
+    for run in runs:
+        for row in run["not_run"]:
+            if (row["model"], row["entry"]) not in measured:
+                last[(row["model"], row["entry"])] = row
+    out["not_run"] = list(last.values())
+    models = []  # the runs' model order: real model, then the shapes
+    for kind in ("real", "not_run", "synthetic"):
+        models += [r["model"] for r in out[kind] if r["model"] not in models]
+    for kind in ("real", "not_run", "synthetic"):
+        out[kind].sort(key=lambda r: (models.index(r["model"]), rank.get(r["entry"], len(rank)),
+                                      check.SPLITS.index(r["split"]) if "split" in r else 0))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("runs", nargs="+", type=Path, help="folders with a results.json each")
+    a = p.parse_args(argv)
+    missing = [str(r) for r in a.runs if not (r / "results.json").is_file()]
+    if missing:
+        raise SystemExit(f"merge: no results.json in {', '.join(missing)}")
+    runs = [json.loads((r / "results.json").read_text()) for r in a.runs]
+    order = check.load_study(check.REPO / "config.yaml").entry_order()
+    merged = merge(runs, order, [str(r) for r in a.runs])
+    hyps = a.out / check.HYPS
+    hyps.mkdir(parents=True, exist_ok=True)
+    for run in a.runs:  # merge() refused rows measured twice, so no file is overwritten
+        for f in sorted((run / check.HYPS).glob("*.jsonl")):
+            if f.resolve() != (hyps / f.name).resolve():
+                shutil.copyfile(f, hyps / f.name)
+    for r in merged["real"]:  # fp32 may come from another run than the entry
+        r.update(check.delta_vs_fp32(hyps, r["entry"], r["split"]))
+    res = check.Results(a.out, merged["device"])
+    res.data = merged
+    res.write()
+    print(f"merge: {len(runs)} runs, {len(merged['real'])} real rows, "
+          f"{len(merged['synthetic'])} random-weight rows, {len(merged['not_run'])} not measured"
+          f" -> {a.out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
