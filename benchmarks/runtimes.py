@@ -44,6 +44,7 @@ from whisper_ptq.scoring import score_rows  # noqa: E402
 from whisper_ptq.decode import run  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+CONFIGS = ("config.yaml", "examples/torchao-int4-cpu.yaml")  # where ENTRIES are defined
 ENTRIES = ["fp32", "torch-int8-dyn", "ct2-fp32", "ct2-int8", "torchao-int8wo", "torchao-int8dyn",
            "torchao-int8dyn-compiled", "torchao-int4wo", "torchao-int4wo-compiled"]
 
@@ -59,10 +60,12 @@ def main(argv=None):
     names = a.entries.split(",") + untimed
     if names[0] != "fp32":
         p.error("--entries must start with fp32 (the ratios' denominator)")
-    config = yaml.safe_load((REPO / "config.yaml").read_text())["entries"]
+    config = {}
+    for f in CONFIGS:
+        config.update(yaml.safe_load((REPO / f).read_text())["entries"])
     unknown = [n for n in names if n.removesuffix("+compile") not in config]
     if unknown:
-        p.error(f"not entries of config.yaml: {unknown}")
+        p.error(f"not entries of {' or '.join(CONFIGS)}: {unknown}")
     threads = set_threads(a.threads)
     decoding = {"batch_size": a.batch_size, "max_new_tokens": 440, "language": "en",
                 "task": "transcribe"}

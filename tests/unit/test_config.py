@@ -88,10 +88,12 @@ def test_fp32_baseline_is_required(random_model_dir):
 def test_example_overlays_validate_on_top_of_config_yaml(overlay, random_model_dir):
     """Every examples/*.yaml is valid over config.yaml, as its usage line runs it."""
     import yaml
+    from snakemake.utils import update_config  # --configfile merges nested keys like this
 
-    config = {**yaml.safe_load((REPO / "config.yaml").read_text()),
-              **yaml.safe_load((REPO / "examples" / overlay).read_text()),
-              "model": str(random_model_dir), "devices": "cpu"}
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((REPO / "examples" / overlay).read_text()))
+    config.update(model=str(random_model_dir), devices="cpu")
     study = Study(validate_schema(config))
     jobs = study.jobs()
     assert {j.entry for j in jobs} >= {"fp32"} and {j.split for j in jobs} == set(study.splits)
@@ -100,6 +102,9 @@ def test_example_overlays_validate_on_top_of_config_yaml(overlay, random_model_d
     if overlay == "noise-mini.yaml":
         assert {j.entry for j in jobs} == {"fp32", "torch-int8-dyn", "hqq-int4-g64"}
         assert len(study.splits) == 7
+    if overlay == "torchao-int4-cpu.yaml":  # adds its entries to config.yaml's
+        assert set(study.entries) == set(base["entries"]) | {"torchao-int4wo",
+                                                             "torchao-int4wo-compiled"}
 
 
 def test_entry_order_puts_the_sweep_after_its_entry(random_model_dir):

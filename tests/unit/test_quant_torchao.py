@@ -61,6 +61,15 @@ def test_int4_notes_the_layers_torchao_leaves_float(random_model_dir):
     assert not hasattr(model, "ptq_notes")  # the notes come back, not on the model
 
 
+def test_int4_is_an_unsupported_row_on_cuda():
+    """Its CPU-packed tensor has CPU kernels only (the GPU check lists it with this reason)."""
+    q = get("torchao")
+    entry = q.validate("x", {"library": "torchao", "scheme": "int4wo", "group_size": 128})
+    assert "Int4WeightOnlyConfig" in q.unsupported(entry, "cuda")
+    assert q.unsupported(entry, "cpu") is None
+    assert q.unsupported(q.validate("y", {"library": "torchao", "scheme": "int8wo"}), "cuda") is None
+
+
 @pytest.mark.slow  # inductor compiles encoder, decoder and head: most of this file's time
 def test_compiled_entry_decodes_like_eager(random_model_dir, tmp_path):
     q = get("torchao")
