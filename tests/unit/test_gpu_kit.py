@@ -218,7 +218,7 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
                      "--device", "cpu", "--entries", "fp32,fp16,hqq-int4-g64", "--shapes",
                      "test", "--limit", "1", "--batch-size", "2", "--max-batch", "4",
                      "--tokens", "4", "--max-batch-entries", "fp32", "--threads", "1", "--cpu-threads", "1",
-                     "--budget-s", "3000", "--real-entries", "fp32,fp16"])
+                     "--budget-s", "3000", "--real-entries", "fp32,fp16", "--base-repeats", "2"])
     assert rc == 0
     d = json.loads((out / "results.json").read_text())
     real = {(r["entry"], r["split"]): r for r in d["real"]}
@@ -234,6 +234,8 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     syn = {r["entry"]: r for r in d["synthetic"]}
     assert set(syn) == {"fp32", "hqq-int4-g64"}
     assert syn["fp32"]["base"]["batch"] == 2 and syn["fp32"]["max"]["batch"] == 4
+    assert syn["fp32"]["base"]["seconds"] == min(syn["fp32"]["base"]["repeats_s"])
+    assert len(syn["hqq-int4-g64"]["base"]["repeats_s"]) == 2
     # exactly --tokens new tokens per utterance, though random weights would stop anywhere
     assert syn["fp32"]["base"]["tokens"] == 2 * 4 and syn["fp32"]["max"]["tokens"] == 4 * 4
     assert syn["hqq-int4-g64"]["max"] is None
