@@ -102,7 +102,7 @@ def main(argv=None):
             models.pop(name, None)
             print(f"{name}: FAILED {errors[name]}", flush=True)
             continue
-        print(f"{name}: {metas[name]['bytes_on_disk'] / 1e6:.1f} MB, warm-up pass "
+        print(f"{name}: {metas[name].bytes_on_disk / 1e6:.1f} MB, warm-up pass "
               f"{warmup[name]['seconds']:.1f} s (load {load[0]:.2f})", flush=True)
     names = [n for n in names if n in models and n not in untimed]
 
@@ -131,8 +131,8 @@ def main(argv=None):
                   for s, f in zip(samples[name], samples["fp32"])]
         summary[name] = {
             "wer": score_rows(texts[name])["wer"],
-            "bytes_on_disk": metas[name]["bytes_on_disk"],
-            "linear_ratio": metas[name]["linear_bytes"] / metas[name]["fp32_linear_bytes"],
+            "bytes_on_disk": metas[name].bytes_on_disk,
+            "linear_ratio": metas[name].linear_bytes / metas[name].fp32_linear_bytes,
             "median_seconds": statistics.median(secs),
             "median_rtf": statistics.median(secs) / audio,
             "median_encoder_seconds": statistics.median(s["encoder_seconds"] for s in samples[name]),
@@ -151,7 +151,7 @@ def main(argv=None):
     for name in untimed:
         if name in warm_rows:
             rows = warm_rows[name]
-            unt[name] = {"wer": score_rows(rows)["wer"], "bytes_on_disk": metas[name]["bytes_on_disk"],
+            unt[name] = {"wer": score_rows(rows)["wer"], "bytes_on_disk": metas[name].bytes_on_disk,
                          "hypotheses_equal_to_fp32": sum(x["hypothesis"] == y["hypothesis"]
                                                          for x, y in zip(texts["fp32"], rows)),
                          "warmup_pass_seconds": warmup[name]["seconds"]}

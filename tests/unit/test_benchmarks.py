@@ -1,0 +1,42 @@
+"""The benchmark scripts still run against the package: runtimes.py broke unnoticed when
+save_checkpoint's dict became the QuantMeta record. Each runs here on the smallest input it
+accepts; what it measures is not checked, only that it measures and pairs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _import(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+@pytest.mark.slow  # three entries decode two utterances three times each
+def test_runtimes_pairs_each_repeat_with_fp32_in_rotated_order(random_model_dir, mini_dir,
+                                                                 tmp_path):
+    out = tmp_path / "runtimes.json"
+    _import("runtimes").main([
+        "--model", str(random_model_dir), "--archive", str(mini_dir / "test-clean.tar.gz"),
+        "--utterances", "2", "--batch-size", "2", "--repeats", "2", "--threads", "1",
+        "--entries", "fp32,torchao-int8wo", "--untimed", "torchao-int4wo", "--out", str(out)])
+    d = json.loads(out.read_text())
+    s = d["summary"]
+    assert d["failed"] == {} and set(s) == {"fp32", "torchao-int8wo"}
+    assert s["fp32"]["ratios_by_repeat"] == [1.0, 1.0]
+    assert [r["order"] for r in d["loadavg_repeats"]] == [["fp32", "torchao-int8wo"],
+                                                         ["torchao-int8wo", "fp32"]]
+    ratios = [x["compute_seconds"] / f["compute_seconds"]
+              for x, f in zip(d["samples"]["torchao-int8wo"], d["samples"]["fp32"])]
+    assert s["torchao-int8wo"]["ratios_by_repeat"] == ratios
+    assert 0 < s["torchao-int8wo"]["linear_ratio"] < 0.5  # int8 weights, from the QuantMeta
+    assert set(d["untimed"]) == {"torchao-int4wo"}
+    assert d["untimed"]["torchao-int4wo"]["bytes_on_disk"] > 0
+    assert not out.with_suffix(".partial.json").exists()
