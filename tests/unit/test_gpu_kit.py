@@ -402,18 +402,25 @@ def test_budget_phases_scale_to_the_phases_a_run_has():
     assert small.left() == pytest.approx(1000, abs=5)
 
 
-def test_check_turns_progress_bars_off_before_tqdm_is_imported():
-    """tqdm reads TQDM_DISABLE when it is imported (the package imports it through
-    transformers), so the check must set it first: the device reply keeps 12 kB of output."""
+def test_check_turns_the_transcription_progress_bar_off():
+    """The device reply keeps 12 kB of output: the check sets TQDM_DISABLE before tqdm is
+    imported (tqdm reads it then), and decode's bar, left on, defers to it. Both halves
+    failed once: the variable was set too late, and the bar passed disable=False."""
     code = ("import importlib.util, sys; "
             f"spec = importlib.util.spec_from_file_location('check', {str(KIT_DIR / 'check.py')!r}); "
             "spec.loader.exec_module(importlib.util.module_from_spec(spec)); "
-            "from tqdm import tqdm; print(tqdm(range(2)).disable)")
+            "from whisper_ptq.decode import progress_bar; "
+            "print(progress_bar([], 'x', True).disable, progress_bar([], 'x', False).disable)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "True"
+    assert r.stdout.split() == ["True", "True"]
+    r = subprocess.run([sys.executable, "-c", "from whisper_ptq.decode import progress_bar; "
+                        "print(progress_bar([], 'x', True).disable)"], capture_output=True,
+                       text=True, env={**env, "PYTHONPATH": str(REPO / "workflow")}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"  # without the check, the bar is on
 
 
 def _run(date, real=(), not_run=(), synthetic=(), kit_id="k1", **args):

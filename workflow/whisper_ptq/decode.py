@@ -159,6 +159,16 @@ def memory_stats(device: str) -> dict:
     return mem
 
 
+def progress_bar(batches, split: str, progress: bool):
+    """The batches under a progress bar, unless ``progress`` is off. Left on, tqdm's own
+    environment default (TQDM_DISABLE=1, as the GPU check sets) still turns it off: an
+    explicit ``disable=False`` would override that."""
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=f"transcribe {split}", unit="batch",
+                **({} if progress else {"disable": True}))
+
+
 def run(model, tokenizer, features_path, manifest_path, device, decoding, *, limit=None,
         exclude=(), split="", threads=None, timing=None, progress=True, shard=(0, 1),
         shard_size=None, sort=True):
@@ -167,7 +177,6 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     return (hypothesis rows, timing dict): the measured fields of a ``records.ShardTiming``,
     which the transcribe step completes with what the checkpoint and process tell."""
     import torch
-    from tqdm import tqdm
 
     protocol = with_defaults("timing", timing)
     regime, warmup_batches = protocol["regime"], protocol["warmup_batches"]
@@ -199,7 +208,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         transcriber(stack(batch))
     cuda_memory_reset(device)
     out_rows, parts = [], []
-    for batch in tqdm(batches, desc=f"transcribe {split}", unit="batch", disable=not progress):
+    for batch in progress_bar(batches, split, progress):
         texts, t = transcriber(stack(batch))
         parts.append(t)
         for r, text in zip(batch, texts):
