@@ -62,10 +62,6 @@ RUNS_CSV = REPO / "docs/results/base-mini/matrix/runs.csv"
 # (results_int4_shapes.json), so a batch-1 ratio would project int4 far too fast
 RUNTIMES_JSONS = [REPO / "benchmarks" / f for f in (
     "results_runtimes.json", "results_runtimes_compile.json", "results_runtimes_int8dyn8.json")]
-# base-matrix rows whose RTF is known to be off: the compiled entry's last, smaller batch was
-# compiled inside the timed loop (decode.run warms every batch shape up since): the runtimes
-# benchmark's paired ratio (all shapes warmed up) is used instead
-MATRIX_TIMING_OFF = {"torchao-int8dyn-compiled"}
 # shared/notes/quantization-libraries.md, "Speed on this CPU" (random weights, 30 s input,
 # 50 forced tokens, 2 threads), small column: time / fp32 time. Shown beside the pipeline's
 # base ratios as the other available estimate, not used for the totals.
@@ -191,7 +187,7 @@ def project(m: dict, *, shard_size: int, threads: int, eff: float, nodes: list[i
     base, rt = base_ratios(), runtime_ratios()
     ratios, unprojected = {}, []
     for e in cpu_entries:
-        if e in base and e not in MATRIX_TIMING_OFF:
+        if e in base:
             ratios[e] = ({s: base[e][s] for s in SPLITS}, "base matrix")
         elif e in rt:
             ratios[e] = ({s: rt[e] for s in SPLITS}, "runtimes (base)")
@@ -251,8 +247,10 @@ def project(m: dict, *, shard_size: int, threads: int, eff: float, nodes: list[i
           f"{longest:.0f}{' (> runtime ' + str(runtime_min) + ')' if longest > runtime_min else ''} |")
     w(f"| **{len(ratios)} entries** | | | | **{total / 3600:.0f}** | |")
     w("")
-    w(f"Not projected (no usable time on this CPU at the study's batch size): {', '.join(unprojected)}.")
-    w("")
+    if unprojected:
+        w(f"Not projected (no usable time on this CPU at the study's batch size): "
+          f"{', '.join(unprojected)}.")
+        w("")
     n_cpu_jobs = len(cpu_entries) * sum(n_shards.values())
     n_cuda_jobs = len(cuda_entries) * sum(n_shards.values())
     w(f"Jobs of the study: {n_cpu_jobs} CPU transcribe shards ({len(cpu_entries)} entries × "
