@@ -65,6 +65,7 @@ SHAPES = {
                  num_mel_bins=80, vocab_size=51864),  # the CPU tests' shape
 }
 QUICK_ENTRIES = "fp32,fp16,quanto-int8,hqq-int4-g64,bnb-nf4"
+DEFAULT_SHAPES = "whisper-small,whisper-large-v3"
 # `--entries runtimes`: fp32 and every entry of these libraries (they come last in
 # config.yaml, so a full run's budget may skip them)
 RUNTIMES = ("ct2", "torchao")
@@ -173,7 +174,7 @@ def run_scope(a: dict) -> str:
     """What a run was asked for, where it was less than everything."""
     parts = ["--quick"] if a.get("quick") else []
     parts += [f"--{k.replace('_', '-')} {a[k]}" for k in ("entries", "real_entries", "shapes")
-              if a.get(k) not in (None, "whisper-small,whisper-large-v3")]
+              if a.get(k) not in (None, DEFAULT_SHAPES)]
     parts += [f"--{k.replace('_', '-')}" for k in ("no_real", "no_agreement") if a.get(k)]
     return f" ({' '.join(parts)})" if parts else ""
 
@@ -275,18 +276,16 @@ def entry_names(study: Study, args) -> list[str]:
     return order
 
 
-def delta_vs_fp32(hyp_dir: Path, name: str, split: str) -> dict:
-    """ΔWER / ΔCER against fp32 on the same utterances, with the pipeline's paired speaker
-    bootstrap (95 %); empty for fp32 itself or while no fp32 hypotheses are kept."""
+def delta_vs_fp32(fp32: dict | None, score: dict, what: str) -> dict:
+    """ΔWER / ΔCER of ``score`` against fp32's score of the same split (``score_rows``), with
+    the pipeline's paired speaker bootstrap (95 %); empty without an fp32 score."""
     from whisper_ptq.stats import paired_delta
 
-    base = hyp_dir / f"fp32.{split}.jsonl"
-    if name == "fp32" or not base.is_file():
+    if fp32 is None:
         return {}
-    a, b = (score_rows(read_jsonl(p)) for p in (base, hyp_dir / f"{name}.{split}.jsonl"))
     out = {}
     for key, unit in (("dwer", "words"), ("dcer", "chars")):
-        ci = paired_delta(a, b, unit, what=f"{name} {split}")
+        ci = paired_delta(fp32, score, unit, what=what)
         out.update(ci.as_dict(key), **{f"{key}_significant": ci.excludes_zero})
     return out
 
@@ -327,7 +326,7 @@ def run_real(study, names, feats, args, budget, res) -> dict:
     model_name = Path(args.model).name
     cal = study.calibration
     decoding = {**study.decoding, "batch_size": args.batch_size}
-    hyps = {}
+    hyps, fp32_scores = {}, {}  # fp32's scores: each later row's ΔWER
     for name in names:
         reason = study.unsupported_reason(name, args.device)
         if reason:
@@ -360,6 +359,8 @@ def run_real(study, names, feats, args, budget, res) -> dict:
                                           threads=args.threads)
                 s = score_rows(read_jsonl(hyp))
                 hyps.setdefault(name, {})[split] = hyp
+                if name == "fp32":
+                    fp32_scores[split] = s
                 kept = args.out / HYPS / f"{name}.{split}.jsonl"  # for ΔWER here and in merge.py
                 kept.parent.mkdir(exist_ok=True)
                 shutil.copyfile(hyp, kept)
@@ -372,7 +373,9 @@ def run_real(study, names, feats, args, budget, res) -> dict:
                     "peak_reserved_mb": t.cuda_peak_reserved_mb,
                     "peak_rss_mb": t.peak_rss_mb, "quantize_s": meta.quantize_seconds,
                     "mb_on_disk": meta.bytes_on_disk / MB, "facts": meta.facts,
-                    "notes": meta.notes, **delta_vs_fp32(args.out / HYPS, name, split)}, budget)
+                    "notes": meta.notes,
+                    **delta_vs_fp32(None if name == "fp32" else fp32_scores.get(split), s,
+                                    f"{name} {split}")}, budget)
                 print(f"{name} {split}: WER {s['wer']:.2f} RTF {t.rtf:.4f} "
                       f"({budget.elapsed():.0f} s)", flush=True)
         except Exception as e:  # every entry is reported, even when one breaks
@@ -621,7 +624,7 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of config entries, or 'runtimes' (fp32 + "
                         f"every {'/'.join(RUNTIMES)} entry)")
     p.add_argument("--shapes", default=None,
-                   help="random-weight shapes (default whisper-small,whisper-large-v3; "
+                   help=f"random-weight shapes (default {DEFAULT_SHAPES}; "
                         "quick: whisper-small); 'none' for none")
     p.add_argument("--no-real", action="store_true", help="skip the real model")
     p.add_argument("--real-entries", default=None,
@@ -660,7 +663,7 @@ def check(args) -> int:
     if args.budget_s is None:
         args.budget_s = 240.0 if args.quick else 450.0
     if args.shapes is None:
-        args.shapes = "whisper-small" if args.quick else "whisper-small,whisper-large-v3"
+        args.shapes = "whisper-small" if args.quick else DEFAULT_SHAPES
     shapes = [] if args.shapes == "none" else [s.strip() for s in args.shapes.split(",")]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:

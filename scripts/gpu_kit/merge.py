@@ -26,6 +26,13 @@ SAME_MACHINE = ("device", "gpu", "driver", "torch", "kit")
 SAME_TABLE = {"real": ("batch_size", "limit"), "synthetic": ("tokens", "step_cap_s", "max_batch")}
 
 
+def table_settings(args: dict, kind: str) -> dict:
+    out = {key: args[key] for key in SAME_TABLE[kind]}
+    if kind == "real":  # the real model's name heads its table
+        out["model"] = Path(args["model"]).name
+    return out
+
+
 def merge(runs: list[dict], order: list[str], names: list[str] | None = None) -> dict:
     names = names or [f"run {i + 1}" for i in range(len(runs))]
     first = runs[0]["device"]
@@ -34,16 +41,14 @@ def merge(runs: list[dict], order: list[str], names: list[str] | None = None) ->
             if run["device"].get(key) != first.get(key):
                 raise SystemExit(f"merge: {name} has {key} {run['device'].get(key)!r}, "
                                  f"{names[0]} {first.get(key)!r}")
-    for kind, keys in SAME_TABLE.items():
-        with_rows = [(n, r["device"]["args"]) for n, r in zip(names, runs) if r[kind]]
-        for n, a in with_rows[1:]:
-            for key in keys + (("model",) if kind == "real" else ()):
-                mine = Path(a[key]).name if key == "model" else a[key]
-                theirs = with_rows[0][1][key]
-                theirs = Path(theirs).name if key == "model" else theirs
-                if mine != theirs:
-                    raise SystemExit(f"merge: {n}'s {kind} rows have {key} {mine!r}, "
-                                     f"{with_rows[0][0]}'s {theirs!r}")
+    for kind in SAME_TABLE:
+        with_rows = [(n, table_settings(r["device"]["args"], kind))
+                     for n, r in zip(names, runs) if r[kind]]
+        for n, settings in with_rows[1:]:
+            for key, value in settings.items():
+                if value != with_rows[0][1][key]:
+                    raise SystemExit(f"merge: {n}'s {kind} rows have {key} {value!r}, "
+                                     f"{with_rows[0][0]}'s {with_rows[0][1][key]!r}")
     rank = {e: i for i, e in enumerate(order)}
     out = {"device": first, "runs": [], "real": [], "not_run": [], "agreement": None,
            "synthetic": [], "elapsed_s": 0.0}
@@ -94,8 +99,19 @@ def main(argv=None) -> int:
         for f in sorted((run / check.HYPS).glob("*.jsonl")):
             if f.resolve() != (hyps / f.name).resolve():
                 shutil.copyfile(f, hyps / f.name)
-    for r in merged["real"]:  # fp32 may come from another run than the entry
-        r.update(check.delta_vs_fp32(hyps, r["entry"], r["split"]))
+    scores = {}  # each kept file scored once; fp32 may come from another run than the entry
+
+    def score(entry: str, split: str) -> dict | None:
+        if (entry, split) not in scores:
+            f = hyps / f"{entry}.{split}.jsonl"
+            scores[(entry, split)] = (check.score_rows(check.read_jsonl(f)) if f.is_file()
+                                      else None)
+        return scores[(entry, split)]
+
+    for r in merged["real"]:
+        e, split = r["entry"], r["split"]
+        if e != "fp32" and score("fp32", split) and score(e, split):
+            r.update(check.delta_vs_fp32(score("fp32", split), score(e, split), f"{e} {split}"))
     res = check.Results(a.out, merged["device"])
     res.data = merged
     res.write()

@@ -208,8 +208,9 @@ def small_mirror(mini_dir: Path, dest: Path, counts: dict) -> Path:
 
 @pytest.mark.slow  # real tiny.en on real audio, on CPU (~1 min on 2 busy cores)
 def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
-    """The check end to end on CPU: real tiny.en (fp32; fp16 is GPU-only), the CPU-against-
-    device agreement, and the random-weight search (fp32, HQQ int4) on a test-sized shape."""
+    """The check end to end on CPU: real tiny.en (fp32, and HQQ int4 with its ΔWER; fp16 is
+    GPU-only), the CPU-against-device agreement, and the random-weight search (fp32, HQQ
+    int4) on a test-sized shape."""
     mirror = small_mirror(mini_dir, tmp_path / "mini", {"test-clean": 17, "test-other": 1})
     check = _module("check")
     out = tmp_path / "out"
@@ -218,12 +219,18 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
                      "--device", "cpu", "--entries", "fp32,fp16,hqq-int4-g64", "--shapes",
                      "test", "--limit", "1", "--batch-size", "2", "--max-batch", "4",
                      "--tokens", "4", "--max-batch-entries", "fp32", "--threads", "1", "--cpu-threads", "1",
-                     "--budget-s", "3000", "--real-entries", "fp32,fp16", "--base-repeats", "2"])
+                     "--budget-s", "3000", "--real-entries", "fp32,fp16,hqq-int4-g64", "--base-repeats", "2"])
     assert rc == 0
     d = json.loads((out / "results.json").read_text())
     real = {(r["entry"], r["split"]): r for r in d["real"]}
-    assert set(real) == {("fp32", "test-clean"), ("fp32", "test-other")}
+    assert set(real) == {(e, s) for e in ("fp32", "hqq-int4-g64")
+                         for s in ("test-clean", "test-other")}
     assert all(r["utterances"] == 1 for r in real.values())
+    # ΔWER against the same run's fp32, on the same utterance
+    assert "dwer" not in real[("fp32", "test-clean")]
+    hqq = real[("hqq-int4-g64", "test-clean")]
+    assert hqq["dwer"] == pytest.approx(hqq["wer"] - real[("fp32", "test-clean")]["wer"])
+    assert hqq["dwer_lo"] <= hqq["dwer"] <= hqq["dwer_hi"]
     assert real[("fp32", "test-clean")]["wer"] < 30  # real weights on real speech
     assert real[("fp32", "test-clean")]["mb_on_disk"] > 100  # tiny.en in fp32: 144 MiB
     not_run = {(r["entry"], r["status"]) for r in d["not_run"]}
@@ -246,7 +253,8 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     assert "| test (random) | hqq-int4-g64 |" in md
     assert "| tiny.en | fp16 | unsupported |" in md
     assert "test-clean: 1 of 1 hypotheses identical" in md
-    assert (out / "hyps" / "fp32.test-other.jsonl").is_file()  # kept for ΔWER (merge.py)
+    assert {p.name for p in (out / "hyps").iterdir()} == {  # kept for ΔWER (merge.py)
+        f"{e}.{s}.jsonl" for e, s in real}
 
 
 def test_budget_guard_still_writes_the_tables(tmp_path, random_model_dir):
