@@ -57,9 +57,8 @@ SPLITS = {"test-clean": (2620, 5.4 * 3600), "test-other": (2939, 5.3 * 3600)}
 QUANTIZE_CORE_S = 120  # per entry, small (notes: HQQ quantizes small in 70 s); upper-ish guess
 RUNS_CSV = REPO / "docs/results/base-mini/matrix/runs.csv"
 # a later file's entry replaces an earlier one's: the 4-utterance run, then the 8-utterance
-# runs (benchmarks/README.md, "Runtimes"); results_runtimes_slow.json is left out: its int4 ratios were timed on 1 utterance (batch
-# 1); at the study's batch 16 torchao's CPU int4 kernel is 50-76x fp32 per linear
-# (results_int4_shapes.json), so a batch-1 ratio would project int4 far too fast
+# runs (benchmarks/README.md, "Runtimes"); results_runtimes_slow.json (1 utterance, batch 1,
+# under heavy load) is left out: its ratios are far from the study's batch 16
 RUNTIMES_JSONS = [REPO / "benchmarks" / f for f in (
     "results_runtimes.json", "results_runtimes_compile.json", "results_runtimes_int8dyn8.json")]
 # shared/notes/quantization-libraries.md, "Speed on this CPU" (random weights, 30 s input,

@@ -1,5 +1,6 @@
 """Config validation: schema types, libraries, schemes, devices, model dirs, `only`."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def test_example_overlays_validate_on_top_of_config_yaml(overlay, random_model_d
     from snakemake.utils import update_config  # --configfile merges nested keys like this
 
     base = yaml.safe_load((REPO / "config.yaml").read_text())
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = copy.deepcopy(base)
     update_config(config, yaml.safe_load((REPO / "examples" / overlay).read_text()))
     config.update(model=str(random_model_dir), devices="cpu")
     study = Study(validate_schema(config))
