@@ -138,6 +138,7 @@ def device_header(device: str, args) -> dict:
          "cpu_count": os.cpu_count(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
          "commit": os.environ.get("WHISPER_PTQ_KIT_COMMIT"),
          "kit": os.environ.get("WHISPER_PTQ_KIT_ID"),
+         "model_sha256": os.environ.get("WHISPER_PTQ_MODEL_SHA256"),
          "packages": {p: _v(p) for p in ("transformers", "accelerate", "safetensors", "numpy",
                                           "optimum-quanto", "hqq", "bitsandbytes", "jiwer",
                                           "whisper-normalizer", "soundfile", "ctranslate2",
@@ -187,7 +188,9 @@ def markdown(d: dict) -> str:
         r = run["device"]
         lines.append(f"- run {r['date_utc']} UTC on {r['host']}, commit {r.get('commit') or '?'}, "
                      f"kit {r.get('kit') or '?'}, {run['elapsed_s']:.0f} s of a "
-                     f"{r['args']['budget_s']:.0f} s budget{run_scope(r['args'])}")
+                     f"{r['args']['budget_s']:.0f} s budget{run_scope(r['args'])}"
+                     + (f"; {run['replaced']} rows replaced by a later run"
+                        if run.get("replaced") else ""))
     lines += [f"- packages: {pk}", ""]
     if d["real"]:
         a = h["args"]

@@ -588,6 +588,7 @@ def run(a) -> int:
                TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST") or cuda_arch(),
                MAX_JOBS=os.environ.get("MAX_JOBS") or str(os.cpu_count() or 4),
                WHISPER_PTQ_KIT_COMMIT=manifest.get("commit") or "",
+               WHISPER_PTQ_MODEL_SHA256=manifest["weights"]["fp32_sha256"],
                PYTHONPATH=os.pathsep.join(filter(None, [str(site), str(REPO / "workflow"),
                                                         os.environ.get("PYTHONPATH")])))
     env = {k: v for k, v in env.items() if v != ""}  # no arch list on a CPU dry run

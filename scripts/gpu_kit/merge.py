@@ -4,8 +4,11 @@ A lent machine's 15 minutes rarely hold every entry in one run; later runs of th
 (`kit.py run -- --entries ...`) measure what the first one skipped. This writes their rows as
 one results.md / results.json: rows in config.yaml's order, an entry skipped by one run but
 measured by another no longer listed as not measured, one line per run, and ΔWER against
-fp32 from the runs' kept hypotheses (fp32 and the entry may come from different runs). Runs
-of another kit, GPU, driver or torch, or with other table settings, are refused, not mixed.
+fp32 from the runs' kept hypotheses (fp32 and the entry may come from different runs). A
+row measured again by a later run replaces the earlier one (the run's line says how many it
+lost). Runs on another GPU, driver, torch or package versions, of other weights, or with other
+table settings, are refused, not mixed; runs of different kits or commits are not (each run's
+line names its commit and kit).
 
     python scripts/gpu_kit/merge.py --out docs/results/gpu RUN_DIR...
 """
@@ -21,7 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import check  # noqa: E402
 
-SAME_MACHINE = ("device", "gpu", "driver", "torch", "kit")
+# what a row depends on besides the code. Not the kit id: a new prepare gives a new one
+# whenever a wheel or the packing changes, although nothing measured does
+SAME_MACHINE = ("device", "gpu", "driver", "torch", "packages")
+SAME_WHERE_RECORDED = ("model_sha256",)  # runs from before the kit recorded it lack it
 # the arguments a table's header states once: its rows must share them
 SAME_TABLE = {"real": ("batch_size", "limit"), "synthetic": ("tokens", "step_cap_s", "max_batch")}
 
@@ -37,7 +43,8 @@ def merge(runs: list[dict], order: list[str], names: list[str] | None = None) ->
     names = names or [f"run {i + 1}" for i in range(len(runs))]
     first = runs[0]["device"]
     for name, run in zip(names[1:], runs[1:]):
-        for key in SAME_MACHINE:
+        for key in SAME_MACHINE + tuple(k for k in SAME_WHERE_RECORDED
+                                         if run["device"].get(k) and first.get(k)):
             if run["device"].get(key) != first.get(key):
                 raise SystemExit(f"merge: {name} has {key} {run['device'].get(key)!r}, "
                                  f"{names[0]} {first.get(key)!r}")
@@ -52,20 +59,20 @@ def merge(runs: list[dict], order: list[str], names: list[str] | None = None) ->
     rank = {e: i for i, e in enumerate(order)}
     out = {"device": first, "runs": [], "real": [], "not_run": [], "agreement": None,
            "synthetic": [], "elapsed_s": 0.0}
-    seen: dict[tuple, str] = {}
-    for name, run in zip(names, runs):
-        out["runs"].append({"device": run["device"], "elapsed_s": run["elapsed_s"]})
+    rows: dict[tuple, tuple[int, dict]] = {}  # key -> (run index, row): a later run's wins
+    for i, run in enumerate(runs):
+        out["runs"].append({"device": run["device"], "elapsed_s": run["elapsed_s"],
+                            "replaced": 0})
         out["elapsed_s"] += run["elapsed_s"]
-        out["agreement"] = out["agreement"] or run["agreement"]
+        out["agreement"] = run["agreement"] or out["agreement"]
         for kind in ("real", "synthetic"):
             for row in run[kind]:
                 key = (kind, row["model"], row["entry"], row.get("split"))
-                if key in seen:
-                    raise SystemExit(f"merge: {row['model']} {row['entry']} "
-                                     f"{row.get('split') or ''} is in {seen[key]} and {name}: "
-                                     "leave one of them out")
-                seen[key] = name
-                out[kind].append(row)
+                if key in rows:
+                    out["runs"][rows[key][0]]["replaced"] += 1
+                rows[key] = (i, row)
+    for (kind, *_), (_, row) in rows.items():
+        out[kind].append(row)
     measured = {(r["model"], r["entry"]) for kind in ("real", "synthetic") for r in out[kind]}
     last = {}  # a later run's word on an entry replaces an earlier one's
     for run in runs:
@@ -95,7 +102,7 @@ def main(argv=None) -> int:
     merged = merge(runs, order, [str(r) for r in a.runs])
     hyps = a.out / check.HYPS
     hyps.mkdir(parents=True, exist_ok=True)
-    for run in a.runs:  # merge() refused rows measured twice, so no file is overwritten
+    for run in a.runs:  # in the runs' order: a later run's hypotheses replace, as its rows do
         for f in sorted((run / check.HYPS).glob("*.jsonl")):
             if f.resolve() != (hyps / f.name).resolve():
                 shutil.copyfile(f, hyps / f.name)

@@ -431,13 +431,15 @@ def test_check_turns_the_transcription_progress_bar_off():
     assert r.stdout.strip() == "False"  # without the check, the bar is on
 
 
-def _run(date, real=(), not_run=(), synthetic=(), kit_id="k1", **args):
+def _run(date, real=(), not_run=(), synthetic=(), kit_id="k1", packages=None, model_sha=None,
+         **args):
     a = {"budget_s": 100.0, "quick": False, "entries": None, "real_entries": None, "shapes": None,
          "no_real": False, "no_agreement": False, "batch_size": 16, "limit": None,
          "model": "/x/tiny.en", "tokens": 128, "step_cap_s": 20.0, "max_batch": 1024, **args}
     header = {"device": "cuda", "gpu": "G", "driver": "1", "torch": "2", "cuda": "13",
               "python": "3.12", "host": "h", "cpu_count": 2, "date_utc": date, "commit": "c",
-              "kit": kit_id, "packages": {"transformers": "5"}, "args": a,
+              "kit": kit_id, "packages": packages or {"transformers": "5"}, "args": a,
+              "model_sha256": model_sha,
               "gpu_memory_mib": 1}
     row = lambda e, s: {"model": "tiny.en", "entry": e, "split": s, "utterances": 1, "wer": 1.0,
                         "cer": 1.0, "rtf": 0.1, "encoder_s": 1, "decoder_s": 1,
@@ -472,13 +474,32 @@ def test_merge_joins_runs_of_one_kit_in_config_order():
 
 def test_merge_refuses_runs_it_cannot_put_in_one_table():
     merge = _module("merge")
-    with pytest.raises(SystemExit, match="b has kit 'k2', a 'k1'"):
-        merge.merge([_run("d1", real=["fp32"]), _run("d2", kit_id="k2")], ["fp32"], ["a", "b"])
+    with pytest.raises(SystemExit, match="b has packages .*'6'.*, a .*'5'"):
+        merge.merge([_run("d1", real=["fp32"]), _run("d2", packages={"transformers": "6"})],
+                    ["fp32"], ["a", "b"])
+    with pytest.raises(SystemExit, match="b has model_sha256 'w2', a 'w1'"):
+        merge.merge([_run("d1", real=["fp32"], model_sha="w1"), _run("d2", model_sha="w2")],
+                    ["fp32"], ["a", "b"])
     with pytest.raises(SystemExit, match="b's real rows have batch_size 8, a's 16"):
         merge.merge([_run("d1", real=["fp32"]), _run("d2", real=["fp16"], batch_size=8)],
                     ["fp32", "fp16"], ["a", "b"])
-    with pytest.raises(SystemExit, match="tiny.en fp32 test-other is in a and b"):
-        merge.merge([_run("d1", real=["fp32"]), _run("d2", real=["fp32"])], ["fp32"], ["a", "b"])
+
+
+def test_merge_takes_another_kit_and_a_later_runs_rows():
+    """A later session's kit (new id; weights recorded, the old run's not) may measure again:
+    its rows replace the earlier run's, and the earlier run's line says how many it lost."""
+    merge = _module("merge")
+    first = _run("d1", real=["fp32", "fp16"])
+    later = _run("d2", real=["fp32"], kit_id="k2", model_sha="w1")
+    for r in later["real"]:
+        r["wer"] = 2.0
+    m = merge.merge([first, later], ["fp32", "fp16"])
+    assert [(r["entry"], r["split"], r["wer"]) for r in m["real"]] == [
+        ("fp32", "test-clean", 2.0), ("fp32", "test-other", 2.0),
+        ("fp16", "test-clean", 1.0), ("fp16", "test-other", 1.0)]
+    md = _module("check").markdown(m)
+    assert "kit k1, 10 s of a 100 s budget; 2 rows replaced by a later run\n" in md
+    assert "kit k2, 10 s of a 100 s budget\n" in md
 
 
 def _hyps(path, texts):
