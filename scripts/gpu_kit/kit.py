@@ -16,7 +16,8 @@ the original fp32 file is rebuilt byte for byte there and checked by sha256).
 /tmp/whisper-ptq-kit), checking each file's sha256; staging a part again is harmless.
 With ``--then-run`` the call that completes the set verifies every checksum, rebuilds the
 model, checks that a CUDA device is present, installs the wheels into ROOT/site
-(``pip install --no-index --no-deps --target``) and runs scripts/gpu_kit/check.py.
+(``pip install --no-index --no-deps --target``) and runs scripts/gpu_kit/check.py: once,
+or once per line of a plan (``--plan``: scripts/gpu_kit/plans/), each run into its own folder.
 
 Stage and run use the standard library and numpy only: the machine has no wheels yet then.
 """
@@ -44,6 +45,12 @@ PART_LIMIT = 60 * MIB  # one part, all of its files
 TREE_LIMIT = 64 * MIB  # what one call may send: the repo's own files + the carried part
 TREE_MARGIN = 2 * MIB  # room for the repo to grow a little between prepare and the calls
 MANIFEST = "kit.json"
+PLANS = HERE / "plans"
+# one command may run 600 s: what a plan's runs may take together, verification and install
+# (~15 s) and the margin the device call's own timeout needs left over
+PLAN_LIMIT_S = 540.0
+RUN_OVERHEAD_S = 15.0  # per run: check.py's imports before its budget starts, its last row
+KIT_ARGS = ("--model", "--mini", "--out", "--work")  # the kit gives these to every run
 SPLITS = ("test-clean", "test-other")
 # requirements.txt packages the check itself never uses on the GPU machine
 NOT_NEEDED = {"snakemake", "snakemake-executor-plugin-slurm", "snakefmt"}  # workflow / style tools
@@ -563,7 +570,69 @@ def assemble_model(manifest: dict, root: Path) -> Path:
     return model
 
 
+def read_plan(name: str, limit_s: float = PLAN_LIMIT_S) -> list[tuple[str, list[str]]]:
+    """A plan: `label: check.py arguments` per line (# comments), each with its --budget-s;
+    the runs' budgets and overheads must fit in limit_s. Checked before anything runs."""
+    path = Path(name) if name.endswith(".txt") or "/" in name else PLANS / f"{name}.txt"
+    if not path.is_file():
+        known = sorted(p.stem for p in PLANS.glob("*.txt"))
+        raise KitError(f"plan {name}: no {path} (plans: {', '.join(known)})")
+    runs, total = [], 0.0
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        label, sep, rest = line.partition(":")
+        args = rest.split()
+        where = f"plan {path.name} line {n}"
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", label.strip()):
+            raise KitError(f"{where}: want 'label: check arguments' (label: a-z, 0-9, -)")
+        label = label.strip()
+        if label in (r[0] for r in runs):
+            raise KitError(f"{where}: label {label} is used twice")
+        taken = [x for x in args if x.split("=")[0] in KIT_ARGS]
+        if taken:
+            raise KitError(f"{where}: {taken[0]} is the kit's to give")
+        if "--budget-s" not in args[:-1]:
+            raise KitError(f"{where}: name the run's --budget-s")
+        try:
+            total += float(args[args.index("--budget-s") + 1]) + RUN_OVERHEAD_S
+        except ValueError:
+            raise KitError(f"{where}: --budget-s wants seconds")
+        runs.append((label, args))
+    if not runs:
+        raise KitError(f"plan {path.name} has no runs")
+    if total > limit_s:
+        raise KitError(f"plan {path.name}: its runs need {total:.0f} s with {RUN_OVERHEAD_S:.0f} "
+                       f"s each to start, more than the {limit_s:.0f} s one command may take")
+    return runs
+
+
+def plan_budget(args: list[str], elapsed: float, runs_left: int, limit_s: float) -> float | None:
+    """A plan run's budget: its own, or less when an earlier run overran (the later runs keep
+    their overheads); None when under a minute would be left to it."""
+    left = limit_s - elapsed - RUN_OVERHEAD_S * runs_left
+    budget = min(float(args[args.index("--budget-s") + 1]), left)
+    return budget if budget >= 60 else None
+
+
+def run_check(cmd: list[str], env: dict, out: Path) -> int:
+    """check.py into out/, its output into out/check.log and, trimmed, into the reply."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "check.log", "w") as log:
+        p = subprocess.Popen(cmd + ["--out", str(out)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        for line in p.stdout:
+            log.write(line)
+            log.flush()
+            # the reply keeps only the output's last 12 kB: progress bars keep their last state
+            sys.stdout.write(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\n") else line)
+            sys.stdout.flush()
+    return p.wait()
+
+
 def run(a) -> int:
+    plan = read_plan(a.plan, a.limit_s) if getattr(a, "plan", None) else None
     root = ROOT
     manifest = load_manifest(root / MANIFEST) if (root / MANIFEST).is_file() else None
     if manifest is None:
@@ -593,21 +662,27 @@ def run(a) -> int:
                                                         os.environ.get("PYTHONPATH")])))
     env = {k: v for k, v in env.items() if v != ""}  # no arch list on a CPU dry run
     cmd = [sys.executable, str(HERE / "check.py"), "--model", str(model),
-           "--mini", str(root / "files"), "--out", str(out), "--work", str(root / "work"),
-           *a.check_args]
-    with open(out / "check.log", "w") as log:
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, cwd=REPO)
-        for line in p.stdout:
-            log.write(line)
-            log.flush()
-            # the reply keeps only the output's last 12 kB: progress bars keep their last state
-            sys.stdout.write(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\n") else line)
-            sys.stdout.flush()
-    rc = p.wait()
-    if (out / "results.md").is_file():  # the tables in the reply too, should files not come back
-        print("\n" + (out / "results.md").read_text(), flush=True)
-    return rc
+           "--mini", str(root / "files"), "--work", str(root / "work")]
+    if plan is None:
+        rc = run_check(cmd + a.check_args, env, out)
+        if (out / "results.md").is_file():  # the tables in the reply too, should files not come back
+            print("\n" + (out / "results.md").read_text(), flush=True)
+        return rc
+    t0, rcs = time.monotonic(), {}
+    for k, (label, args) in enumerate(plan):
+        budget = plan_budget(args, time.monotonic() - t0, len(plan) - k, a.limit_s)
+        if budget is None:
+            print(f"gpu_kit: plan run {label} skipped: too little of {a.limit_s:.0f} s left",
+                  flush=True)
+            rcs[label] = None
+            continue
+        print(f"gpu_kit: plan run {k + 1}/{len(plan)} {label}: {' '.join(args)}", flush=True)
+        rcs[label] = run_check(cmd + args + a.check_args + ["--budget-s", f"{budget:.0f}"], env,
+                               out / label)
+    print("gpu_kit: plan done: " + ", ".join(
+        f"{label} {'skipped' if rc is None else f'exit {rc}'}" for label, rc in rcs.items())
+        + f" ({time.monotonic() - t0:.0f} s); each run's tables are in its folder", flush=True)
+    return max((rc for rc in rcs.values() if rc), default=0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -624,7 +699,12 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("part", help="the carried part folder, e.g. .gpu_kit/part1")
     ps.add_argument("--then-run", action="store_true",
                     help="once every part is staged, verify, install and run the check")
-    sub.add_parser("run", help="there: verify, install and run the check")
+    pr = sub.add_parser("run", help="there: verify, install and run the check")
+    for q in (ps, pr):
+        q.add_argument("--plan", help="run each line of scripts/gpu_kit/plans/PLAN.txt (or a "
+                                      "file) into its own folder of $OUT")
+        q.add_argument("--limit-s", type=float, default=PLAN_LIMIT_S,
+                       help="what a plan's runs may take together")
     p.epilog = "stage/run: arguments after -- go to check.py (--quick, --budget-s ...)"
     return p
 
@@ -635,6 +715,8 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv[:cut])
     a.check_args = argv[cut + 1:]
     try:
+        if getattr(a, "plan", None):  # a bad plan fails the first call, not the one that runs
+            read_plan(a.plan, a.limit_s)
         return {"prepare": prepare, "stage": stage, "run": run}[a.cmd](a)
     except KitError as e:
         print(f"gpu_kit: error: {e}", file=sys.stderr)

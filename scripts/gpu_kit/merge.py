@@ -10,7 +10,7 @@ lost). Runs on another GPU, driver, torch or package versions, of other weights,
 table settings, are refused, not mixed; runs of different kits or commits are not (each run's
 line names its commit and kit).
 
-    python scripts/gpu_kit/merge.py --out docs/results/gpu RUN_DIR...
+    python scripts/gpu_kit/merge.py --out docs/results/gpu/h200 docs/results/gpu/h200/runs/*
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
     order = check.load_study(check.REPO / "config.yaml").entry_order()
     merged = merge(runs, order, [str(r) for r in a.runs])
     hyps = a.out / check.HYPS
-    hyps.mkdir(parents=True, exist_ok=True)
     for run in a.runs:  # in the runs' order: a later run's hypotheses replace, as its rows do
         for f in sorted((run / check.HYPS).glob("*.jsonl")):
+            hyps.mkdir(parents=True, exist_ok=True)
             if f.resolve() != (hyps / f.name).resolve():
                 shutil.copyfile(f, hyps / f.name)
     scores = {}  # each kept file scored once; fp32 may come from another run than the entry

@@ -14,6 +14,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -161,6 +162,21 @@ def test_prepare_then_stage_without_cuda(tmp_path, tiny_en_dir, mini_dir):
                                                                "check.log"}
     assert "| test (random) | fp32 |" in r.stdout  # the tables are in the reply too
     assert f"kit {manifest['kit_id']}" in (tmp_path / "out" / "results.md").read_text()
+    # a plan: each run into its own folder, the common arguments after --; merge.py joins them
+    plan = tmp_path / "plan.txt"
+    plan.write_text("# two runs\na: --entries fp32 --budget-s 60\n"
+                    "b: --entries quanto-int8 --budget-s 60\n")
+    r = subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "run", "--plan", str(plan), "--",
+                        "--device", "cpu", "--no-real", "--shapes", "test", "--batch-size", "2",
+                        "--max-batch", "2", "--tokens", "2", "--threads", "1"],
+                       capture_output=True, text=True, env=dict(env, OUT=str(tmp_path / "plan")))
+    assert r.returncode == 0 and "plan done: a exit 0, b exit 0" in r.stdout, r.stdout[-3000:]
+    runs = [tmp_path / "plan" / x for x in "ab"]
+    assert [json.loads((d / "results.json").read_text())["device"]["model_sha256"]
+            for d in runs] == [manifest["weights"]["fp32_sha256"]] * 2
+    assert _module("merge").main(["--out", str(tmp_path / "merged"), *map(str, runs)]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert [row["entry"] for row in merged["synthetic"]] == ["fp32", "quanto-int8"]
     # staging again copies nothing; a file lost on the machine names its part
     r = _stage(parts[0], root)
     assert "(0.0 MiB copied)" in r.stdout
@@ -535,3 +551,50 @@ def test_merge_gives_dwer_against_fp32_from_another_run(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "hyps").iterdir()) == [
         "bnb-nf4.test-clean.jsonl", "bnb-nf4.test-other.jsonl", "fp32.test-clean.jsonl",
         "fp32.test-other.jsonl"]
+
+
+def test_every_plan_fits_one_command_and_names_real_entries(random_model_dir):
+    """The plans the docs tell a device session to run: each parses as check.py arguments,
+    names config.yaml's entries and known shapes, and fits one command (checked before any
+    device time is spent)."""
+    check = _module("check")
+    args = check.parser().parse_args(["--model", str(random_model_dir), "--mini", ".", "--out", "."])
+    study = check.load(args)
+    plans = sorted(kit.PLANS.glob("*.txt"))
+    assert plans
+    for plan in plans:
+        for label, run_args in kit.read_plan(plan.stem):
+            a = check.parser().parse_args(["--model", ".", "--mini", ".", "--out", ".", *run_args])
+            if a.entries:
+                check.entry_names(study, a)  # SystemExit on an unknown entry
+            assert a.shapes in (None, "none") or set(a.shapes.split(",")) <= set(check.SHAPES)
+
+
+@pytest.mark.parametrize("text, error", [
+    ("small --budget-s 60", "want 'label: check arguments'"),
+    ("a: --shapes none", "name the run's --budget-s"),
+    ("a: --budget-s soon", "--budget-s wants seconds"),
+    ("a: --budget-s 60 --out /x", "--out is the kit's to give"),
+    ("a: --budget-s 60\na: --budget-s 60", "label a is used twice"),
+    ("a: --budget-s 300\nb: --budget-s 300", "need 630 s with 15 s each to start, more than the 540 s"),
+    ("# nothing\n", "has no runs"),
+])
+def test_a_bad_plan_is_one_clear_error(tmp_path, text, error):
+    plan = tmp_path / "p.txt"
+    plan.write_text(text)
+    with pytest.raises(kit.KitError, match=re.escape(error)):
+        kit.read_plan(str(plan))
+    with pytest.raises(kit.KitError, match="plans: large-v3, "):
+        kit.read_plan("no-such-plan")
+    # and from the command line: before anything is staged or run
+    r = subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "run", "--plan", str(plan)],
+                       capture_output=True, text=True,
+                       env=dict(os.environ, WHISPER_PTQ_KIT_ROOT=str(tmp_path / "none")))
+    assert r.returncode == 2 and r.stderr.startswith("gpu_kit: error: plan p.txt")
+
+
+def test_a_plan_run_after_an_overrun_gets_what_is_left():
+    args = ["--budget-s", "200"]
+    assert kit.plan_budget(args, 0, 2, 540) == 200
+    assert kit.plan_budget(args, 400, 2, 540) == 540 - 400 - 2 * kit.RUN_OVERHEAD_S
+    assert kit.plan_budget(args, 480, 1, 540) is None  # 45 s left: not worth starting
