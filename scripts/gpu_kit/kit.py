@@ -17,7 +17,8 @@ the original fp32 file is rebuilt byte for byte there and checked by sha256).
 With ``--then-run`` the call that completes the set verifies every checksum, rebuilds the
 model, checks that a CUDA device is present, installs the wheels into ROOT/site
 (``pip install --no-index --no-deps --target``) and runs scripts/gpu_kit/check.py: once,
-or once per line of a plan (``--plan``: scripts/gpu_kit/plans/), each run into its own folder.
+or once per line of a plan (``--plan``: scripts/gpu_kit/plans/), each run packed as
+$OUT/<label>.tar.gz (a call brings back at most 8 files); ``unpack`` puts them in place here.
 
 Stage and run use the standard library and numpy only: the machine has no wheels yet then.
 """
@@ -51,6 +52,8 @@ PLANS = HERE / "plans"
 PLAN_LIMIT_S = 540.0
 RUN_OVERHEAD_S = 15.0  # per run: check.py's imports before its budget starts, its last row
 KIT_ARGS = ("--model", "--mini", "--out", "--work")  # the kit gives these to every run
+GRACE_S = 30.0  # past a plan run's budget and overhead before the kit stops it
+SINGLE_RUN = "check"  # the label of a run without a plan
 SPLITS = ("test-clean", "test-other")
 # requirements.txt packages the check itself never uses on the GPU machine
 NOT_NEEDED = {"snakemake", "snakemake-executor-plugin-slurm", "snakefmt"}  # workflow / style tools
@@ -616,19 +619,57 @@ def plan_budget(args: list[str], elapsed: float, runs_left: int, limit_s: float)
     return budget if budget >= 60 else None
 
 
-def run_check(cmd: list[str], env: dict, out: Path) -> int:
-    """check.py into out/, its output into out/check.log and, trimmed, into the reply."""
-    out.mkdir(parents=True, exist_ok=True)
+def run_check(cmd: list[str], env: dict, out: Path, deadline: float) -> int | None:
+    """check.py into out/, its output into out/check.log and, trimmed, into the reply; stopped
+    at `deadline` (time.monotonic()) so that the kit can still pack what it wrote (the check
+    rewrites its tables after every row). None when it was stopped."""
+    import threading
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     with open(out / "check.log", "w") as log:
         p = subprocess.Popen(cmd + ["--out", str(out)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, cwd=REPO)
-        for line in p.stdout:
-            log.write(line)
-            log.flush()
-            # the reply keeps only the output's last 12 kB: progress bars keep their last state
-            sys.stdout.write(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\n") else line)
-            sys.stdout.flush()
-    return p.wait()
+        stopped = threading.Event()
+
+        def stop():
+            stopped.set()
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), stop)
+        timer.start()
+        try:
+            for line in p.stdout:
+                log.write(line)
+                log.flush()
+                # the reply keeps only the output's last 12 kB: progress bars keep their last
+                # state
+                sys.stdout.write(line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\n") else line)
+                sys.stdout.flush()
+            rc = p.wait()
+        finally:
+            timer.cancel()
+        if stopped.is_set():
+            log.write(f"gpu_kit: stopped at the kit's deadline\n")
+    return None if stopped.is_set() else rc
+
+
+def pack_run(run_dir: Path, dest: Path) -> Path:
+    """One run's folder as dest/<label>.tar.gz: what comes back from $OUT is at most 8 files,
+    and a run leaves results.md, results.json, check.log and a hypotheses file per real row."""
+    import tarfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".{run_dir.name}.tar.gz.tmp"
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(run_dir, arcname=run_dir.name)
+    os.replace(tmp, dest / f"{run_dir.name}.tar.gz")
+    return dest / f"{run_dir.name}.tar.gz"
 
 
 def run(a) -> int:
@@ -650,7 +691,6 @@ def run(a) -> int:
     print(f"gpu_kit: device {device}", flush=True)
     site = install_wheels(manifest, root)
     out = Path(os.environ.get("OUT") or root / "out")
-    out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", WHISPER_PTQ_KIT_ID=manifest["kit_id"],
                # quanto builds its CUDA kernels on first use (nvcc, ninja): for this GPU only
@@ -663,26 +703,64 @@ def run(a) -> int:
     env = {k: v for k, v in env.items() if v != ""}  # no arch list on a CPU dry run
     cmd = [sys.executable, str(HERE / "check.py"), "--model", str(model),
            "--mini", str(root / "files"), "--work", str(root / "work")]
-    if plan is None:
-        rc = run_check(cmd + a.check_args, env, out)
-        if (out / "results.md").is_file():  # the tables in the reply too, should files not come back
-            print("\n" + (out / "results.md").read_text(), flush=True)
-        return rc
-    t0, rcs = time.monotonic(), {}
-    for k, (label, args) in enumerate(plan):
-        budget = plan_budget(args, time.monotonic() - t0, len(plan) - k, a.limit_s)
-        if budget is None:
-            print(f"gpu_kit: plan run {label} skipped: too little of {a.limit_s:.0f} s left",
-                  flush=True)
-            rcs[label] = None
-            continue
-        print(f"gpu_kit: plan run {k + 1}/{len(plan)} {label}: {' '.join(args)}", flush=True)
-        rcs[label] = run_check(cmd + args + a.check_args + ["--budget-s", f"{budget:.0f}"], env,
-                               out / label)
-    print("gpu_kit: plan done: " + ", ".join(
-        f"{label} {'skipped' if rc is None else f'exit {rc}'}" for label, rc in rcs.items())
-        + f" ({time.monotonic() - t0:.0f} s); each run's tables are in its folder", flush=True)
-    return max((rc for rc in rcs.values() if rc), default=0)
+    t0, rcs, codes = time.monotonic(), {}, []
+    for k, (label, args) in enumerate(plan or [(SINGLE_RUN, [])]):
+        args, end = args + a.check_args, t0 + a.limit_s
+        if plan:
+            budget = plan_budget(args, time.monotonic() - t0, len(plan) - k, a.limit_s)
+            if budget is None:
+                print(f"gpu_kit: plan run {label} skipped: too little of {a.limit_s:.0f} s left",
+                      flush=True)
+                rcs[label] = "skipped"
+                continue
+            print(f"gpu_kit: plan run {k + 1}/{len(plan)} {label}: {' '.join(args)}", flush=True)
+            args += ["--budget-s", f"{budget:.0f}"]
+            end = min(end, time.monotonic() + budget + RUN_OVERHEAD_S + GRACE_S)
+        rc = run_check(cmd + args, env, root / "runs" / label, end)
+        codes.append(1 if rc is None else rc)
+        rcs[label] = "stopped at its deadline" if rc is None else f"exit {rc}"
+        md = root / "runs" / label / "results.md"
+        if md.is_file():  # the tables in the reply too, should the files not come back
+            print("\n" + md.read_text(), flush=True)
+        print(f"gpu_kit: {label}: {rcs[label]}; {pack_run(root / 'runs' / label, out)}", flush=True)
+    if plan:
+        print("gpu_kit: plan done: " + ", ".join(f"{lb} {st}" for lb, st in rcs.items())
+              + f" ({time.monotonic() - t0:.0f} s)", flush=True)
+    return next((c for c in codes if c), 0)
+
+
+def unpack(a) -> int:
+    """Each <label>.tar.gz a device call brought back, into RUNS/<UTC date-time>-<label>/
+    (the date from its results.json), where merge.py reads the runs of one GPU."""
+    import tarfile
+
+    src, runs = Path(a.files), Path(a.into)
+    tars = sorted(src.glob("*.tar.gz"))
+    if not tars:
+        raise KitError(f"unpack: no .tar.gz in {src}")
+    runs.mkdir(parents=True, exist_ok=True)
+    for t in tars:
+        label = t.name.removesuffix(".tar.gz")
+        with tarfile.open(t) as tar:
+            names = tar.getnames()
+            if any(not (n == label or n.startswith(label + "/")) or ".." in Path(n).parts
+                   for n in names):
+                raise KitError(f"unpack: {t.name} holds files outside {label}/")
+            try:
+                head = json.load(tar.extractfile(f"{label}/results.json"))["device"]
+            except (KeyError, ValueError) as e:
+                raise KitError(f"unpack: {t.name} has no readable {label}/results.json ({e})")
+            stamp = head["date_utc"].replace(" ", "T").replace(":", "")
+            dest = runs / f"{stamp}-{label}"
+            if dest.exists():
+                raise KitError(f"unpack: {dest} exists already")
+            tmp = runs / f".{dest.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tar.extractall(tmp, filter="data")
+            os.replace(tmp / label, dest)
+            tmp.rmdir()
+        print(f"gpu_kit: {t.name} -> {dest}")
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -705,6 +783,10 @@ def parser() -> argparse.ArgumentParser:
                                       "file) into its own folder of $OUT")
         q.add_argument("--limit-s", type=float, default=PLAN_LIMIT_S,
                        help="what a plan's runs may take together")
+    pu = sub.add_parser("unpack", help="here: a device call's <label>.tar.gz files into "
+                                       "RUNS/<date-time>-<label>/")
+    pu.add_argument("files", help="the reply's files_at")
+    pu.add_argument("--into", required=True, help="e.g. docs/results/gpu/h100/runs")
     p.epilog = "stage/run: arguments after -- go to check.py (--quick, --budget-s ...)"
     return p
 
@@ -717,7 +799,7 @@ def main(argv=None) -> int:
     try:
         if getattr(a, "plan", None):  # a bad plan fails the first call, not the one that runs
             read_plan(a.plan, a.limit_s)
-        return {"prepare": prepare, "stage": stage, "run": run}[a.cmd](a)
+        return {"prepare": prepare, "stage": stage, "run": run, "unpack": unpack}[a.cmd](a)
     except KitError as e:
         print(f"gpu_kit: error: {e}", file=sys.stderr)
         return 2

@@ -100,6 +100,7 @@ def main(argv=None) -> int:
     runs = [json.loads((r / "results.json").read_text()) for r in a.runs]
     order = check.load_study(check.REPO / "config.yaml").entry_order()
     merged = merge(runs, order, [str(r) for r in a.runs])
+    a.out.mkdir(parents=True, exist_ok=True)
     hyps = a.out / check.HYPS
     for run in a.runs:  # in the runs' order: a later run's hypotheses replace, as its rows do
         for f in sorted((run / check.HYPS).glob("*.jsonl")):

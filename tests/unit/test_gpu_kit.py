@@ -158,11 +158,17 @@ def test_prepare_then_stage_without_cuda(tmp_path, tiny_en_dir, mini_dir):
                         "2", "--max-batch", "2", "--tokens", "2", "--threads", "1"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout[-3000:]
-    assert {f.name for f in (tmp_path / "out").iterdir()} == {"results.md", "results.json",
-                                                               "check.log"}
+    # one file per run comes back (a device call returns at most 8), unpacked here by date
+    assert [f.name for f in (tmp_path / "out").iterdir()] == ["check.tar.gz"]
     assert "| test (random) | fp32 |" in r.stdout  # the tables are in the reply too
-    assert f"kit {manifest['kit_id']}" in (tmp_path / "out" / "results.md").read_text()
-    # a plan: each run into its own folder, the common arguments after --; merge.py joins them
+    r = subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "unpack", str(tmp_path / "out"),
+                        "--into", str(tmp_path / "runs")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d{4}-check", run_dir.name)
+    assert {f.name for f in run_dir.iterdir()} == {"results.md", "results.json", "check.log"}
+    assert f"kit {manifest['kit_id']}" in (run_dir / "results.md").read_text()
+    # a plan: each run into its own file, the common arguments after --; merge.py joins them
     plan = tmp_path / "plan.txt"
     plan.write_text("# two runs\na: --entries fp32 --budget-s 60\n"
                     "b: --entries quanto-int8 --budget-s 60\n")
@@ -171,7 +177,9 @@ def test_prepare_then_stage_without_cuda(tmp_path, tiny_en_dir, mini_dir):
                         "--max-batch", "2", "--tokens", "2", "--threads", "1"],
                        capture_output=True, text=True, env=dict(env, OUT=str(tmp_path / "plan")))
     assert r.returncode == 0 and "plan done: a exit 0, b exit 0" in r.stdout, r.stdout[-3000:]
-    runs = [tmp_path / "plan" / x for x in "ab"]
+    assert kit.main(["unpack", str(tmp_path / "plan"), "--into", str(tmp_path / "plan-runs")]) == 0
+    runs = sorted((tmp_path / "plan-runs").iterdir())
+    assert [d.name[-2:] for d in runs] == ["-a", "-b"]
     assert [json.loads((d / "results.json").read_text())["device"]["model_sha256"]
             for d in runs] == [manifest["weights"]["fp32_sha256"]] * 2
     assert _module("merge").main(["--out", str(tmp_path / "merged"), *map(str, runs)]) == 0
@@ -598,3 +606,32 @@ def test_a_plan_run_after_an_overrun_gets_what_is_left():
     assert kit.plan_budget(args, 0, 2, 540) == 200
     assert kit.plan_budget(args, 400, 2, 540) == 540 - 400 - 2 * kit.RUN_OVERHEAD_S
     assert kit.plan_budget(args, 480, 1, 540) is None  # 45 s left: not worth starting
+
+
+def test_a_run_past_its_deadline_is_stopped_and_its_log_kept(tmp_path):
+    import time
+
+    t0 = time.monotonic()
+    rc = kit.run_check([sys.executable, "-c", "import sys, time; print('started', flush=True); "
+                        "time.sleep(60)"], dict(os.environ), tmp_path / "run", t0 + 2)
+    assert rc is None and time.monotonic() - t0 < 30
+    log = (tmp_path / "run" / "check.log").read_text()
+    assert log.startswith("started") and log.endswith("stopped at the kit's deadline\n")
+
+
+def test_unpack_refuses_what_it_cannot_place(tmp_path, capsys):
+    import tarfile
+
+    files, runs = tmp_path / "files", tmp_path / "runs"
+    files.mkdir()
+    (tmp_path / "evil").write_text("x")
+    with tarfile.open(files / "a.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "evil", arcname="../evil")
+    assert kit.main(["unpack", str(files), "--into", str(runs)]) == 2
+    assert "a.tar.gz holds files outside a/" in capsys.readouterr().err
+    (tmp_path / "a").mkdir()
+    with tarfile.open(files / "a.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "a", arcname="a")
+    assert kit.main(["unpack", str(files), "--into", str(runs)]) == 2
+    assert "a.tar.gz has no readable a/results.json" in capsys.readouterr().err
+    assert list(runs.iterdir()) == []
