@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "workflow"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 # progress bars would flood the device reply's 12 kB output tail; tqdm reads TQDM_* when it
 # is imported, so this goes before the package (and transformers) are
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -48,6 +49,7 @@ from whisper_ptq.report.tables import delta_text  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
 from whisper_ptq.decode import make_transcriber  # noqa: E402
 from whisper_ptq.transcribe import transcribe_checkpoint  # noqa: E402
+import kit  # noqa: E402  (stdlib and numpy: the prebuilt kernels' names)
 
 SPLITS = ("test-clean", "test-other")
 # architecture of the real checkpoints (config.json on the hub); weights are random here
@@ -139,6 +141,7 @@ def device_header(device: str, args) -> dict:
          "commit": os.environ.get("WHISPER_PTQ_KIT_COMMIT"),
          "kit": os.environ.get("WHISPER_PTQ_KIT_ID"),
          "model_sha256": os.environ.get("WHISPER_PTQ_MODEL_SHA256"),
+         "prebuilt": load_prebuilt(args.prebuilt, args.work),
          "packages": {p: _v(p) for p in ("transformers", "accelerate", "safetensors", "numpy",
                                           "optimum-quanto", "hqq", "bitsandbytes", "jiwer",
                                           "whisper-normalizer", "soundfile", "ctranslate2",
@@ -156,6 +159,41 @@ def device_header(device: str, args) -> dict:
         except (OSError, subprocess.SubprocessError):
             h["driver"] = None
     return h
+
+
+def load_prebuilt(folder: Path | None, work: Path) -> list[str]:
+    """quanto's kernels from an earlier build for this torch and GPU (kit.keep_builds), set as
+    its extensions' libraries so that it does not build them again; each one that is missing
+    or does not load is built by quanto on first use, as without a kit."""
+    import gzip
+    import importlib.util
+
+    if folder is None:
+        return []
+    try:
+        from optimum.quanto.library.extensions import get_extension
+    except ImportError:
+        return []
+    version, arch = kit.torch_build()
+    loaded = []
+    for ext in kit.QUANTO_EXTENSIONS:
+        gz = folder / kit.prebuilt_name(ext, version, arch)
+        if not gz.is_file():
+            continue
+        try:
+            extension = get_extension(ext)  # KeyError: quanto registers CUDA's only with CUDA
+            so = work / "prebuilt" / f"{ext}.so"
+            so.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(gz, "rb") as g, open(so, "wb") as f:
+                shutil.copyfileobj(g, f)
+            spec = importlib.util.spec_from_file_location(ext, so)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            extension._lib = module
+            loaded.append(gz.name)
+        except Exception as e:  # noqa: BLE001  (quanto builds it instead)
+            print(f"prebuilt {gz.name} not loaded, quanto builds it: {short_error(e)}", flush=True)
+    return loaded
 
 
 def device_line(h: dict) -> str:
@@ -187,7 +225,9 @@ def markdown(d: dict) -> str:
     for run in d.get("runs") or [{"device": h, "elapsed_s": d["elapsed_s"]}]:  # merge.py: several
         r = run["device"]
         lines.append(f"- run {r['date_utc']} UTC on {r['host']}, commit {r.get('commit') or '?'}, "
-                     f"kit {r.get('kit') or '?'}, {run['elapsed_s']:.0f} s of a "
+                     f"kit {r.get('kit') or '?'}"
+                     + (", quanto kernels prebuilt" if r.get("prebuilt") else "")
+                     + f", {run['elapsed_s']:.0f} s of a "
                      f"{r['args']['budget_s']:.0f} s budget{run_scope(r['args'])}"
                      + (f"; {run['replaced']} rows replaced by a later run"
                         if run.get("replaced") else ""))
@@ -617,6 +657,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mini", required=True, type=Path, help="folder with test-*.tar.gz")
     p.add_argument("--out", required=True, type=Path, help="results.md, results.json")
     p.add_argument("--work", type=Path, default=Path("/tmp/whisper-ptq-check"))
+    p.add_argument("--prebuilt", type=Path, default=None,
+                   help="folder of quanto kernels built earlier (kit.keep_builds)")
     p.add_argument("--scratch", type=Path, default=None,
                    help="random models and their checkpoints (default: /dev/shm if roomy)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],

@@ -26,6 +26,7 @@ Stage and run use the standard library and numpy only: the machine has no wheels
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -47,11 +48,15 @@ TREE_LIMIT = 64 * MIB  # what one call may send: the repo's own files + the carr
 TREE_MARGIN = 2 * MIB  # room for the repo to grow a little between prepare and the calls
 MANIFEST = "kit.json"
 PLANS = HERE / "plans"
+# quanto builds its kernels on first use (its CUDA ones took ~140 s on the H200's 16 cores):
+# builds a device call brought back (keep_builds) are kept here, carried, and loaded instead
+PREBUILT = HERE / "prebuilt"
+QUANTO_EXTENSIONS = {"quanto_cuda": "cuda", "quanto_cpp": "cpp"}  # name: its folder in quanto
 # one command may run 600 s: what a plan's runs may take together, verification and install
 # (~15 s) and the margin the device call's own timeout needs left over
 PLAN_LIMIT_S = 540.0
 RUN_OVERHEAD_S = 15.0  # per run: check.py's imports before its budget starts, its last row
-KIT_ARGS = ("--model", "--mini", "--out", "--work")  # the kit gives these to every run
+KIT_ARGS = ("--model", "--mini", "--out", "--work", "--prebuilt")  # the kit gives these to every run
 GRACE_S = 30.0  # past a plan run's budget and overhead before the kit stops it
 SINGLE_RUN = "check"  # the label of a run without a plan
 SPLITS = ("test-clean", "test-other")
@@ -374,6 +379,8 @@ def prepare(a) -> int:
         wheels = resolve_wheels(requirement_pins(), image_packages(), build / "wheels")
     for w in wheels:
         add(w, "wheel")
+    for p in sorted(PREBUILT.glob("*.so.gz")):
+        add(p, "prebuilt")
     for s in SPLITS:
         add(mini / f"{s}.tar.gz", "mini")
     if (mini / "md5sum.txt").is_file():
@@ -521,6 +528,38 @@ def cuda_arch() -> str:
     except ImportError:
         pass
     return ""
+
+
+def torch_build() -> tuple[str, str]:
+    """(torch version, GPU architecture as 'sm90', or 'cpu'): what a quanto build is for."""
+    import torch
+
+    arch = cuda_arch()
+    return torch.__version__, f"sm{arch.replace('.', '')}" if arch else "cpu"
+
+
+def prebuilt_name(extension: str, torch_version: str, arch: str) -> str:
+    """e.g. quanto_cuda-2.11.0_cu130-sm90.so.gz (a device call brings back only names of
+    letters, digits, '.', '_' and '-'); quanto's CPU kernels are 'cpu' whatever the GPU."""
+    if QUANTO_EXTENSIONS[extension] == "cpp":
+        arch = "cpu"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", f"{extension}-{torch_version}-{arch}") + ".so.gz"
+
+
+def keep_builds(site: Path, out: Path, torch_version: str, arch: str) -> list[Path]:
+    """The kernels quanto built during this call, gzipped into out/: commit them to
+    scripts/gpu_kit/prebuilt/ and later kits carry them. A build loaded from the kit left no
+    build folder, so nothing is kept twice."""
+    kept = []
+    for ext, folder in QUANTO_EXTENSIONS.items():
+        so = site / "optimum" / "quanto" / "library" / "extensions" / folder / "build" / f"{ext}.so"
+        if so.is_file():
+            dest = out / prebuilt_name(ext, torch_version, arch)
+            out.mkdir(parents=True, exist_ok=True)
+            with open(so, "rb") as f, gzip.open(dest, "wb") as g:
+                shutil.copyfileobj(f, g)
+            kept.append(dest)
+    return kept
 
 
 def install_wheels(manifest: dict, root: Path) -> Path:
@@ -702,7 +741,8 @@ def run(a) -> int:
                                                         os.environ.get("PYTHONPATH")])))
     env = {k: v for k, v in env.items() if v != ""}  # no arch list on a CPU dry run
     cmd = [sys.executable, str(HERE / "check.py"), "--model", str(model),
-           "--mini", str(root / "files"), "--work", str(root / "work")]
+           "--mini", str(root / "files"), "--work", str(root / "work"),
+           "--prebuilt", str(root / "files")]
     t0, rcs, codes = time.monotonic(), {}, []
     for k, (label, args) in enumerate(plan or [(SINGLE_RUN, [])]):
         args, end = args + a.check_args, t0 + a.limit_s
@@ -723,6 +763,10 @@ def run(a) -> int:
         if md.is_file():  # the tables in the reply too, should the files not come back
             print("\n" + md.read_text(), flush=True)
         print(f"gpu_kit: {label}: {rcs[label]}; {pack_run(root / 'runs' / label, out)}", flush=True)
+    for kept in keep_builds(site, out, *torch_build()):
+        print(f"gpu_kit: quanto's kernels built here are in {kept} "
+              f"({kept.stat().st_size / MIB:.1f} MiB): commit it to scripts/gpu_kit/prebuilt/",
+              flush=True)
     if plan:
         print("gpu_kit: plan done: " + ", ".join(f"{lb} {st}" for lb, st in rcs.items())
               + f" ({time.monotonic() - t0:.0f} s)", flush=True)

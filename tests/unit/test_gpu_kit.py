@@ -635,3 +635,49 @@ def test_unpack_refuses_what_it_cannot_place(tmp_path, capsys):
     assert kit.main(["unpack", str(files), "--into", str(runs)]) == 2
     assert "a.tar.gz has no readable a/results.json" in capsys.readouterr().err
     assert list(runs.iterdir()) == []
+
+
+@pytest.mark.slow  # compiles quanto's CPU kernels (~30 s on 2 cores)
+def test_quanto_kernels_built_once_are_kept_and_loaded_instead_of_rebuilt(tmp_path):
+    """kit.keep_builds gzips what quanto built during a call; check.load_prebuilt, in a fresh
+    install of quanto, loads it so that nothing is compiled again. Shown with quanto's CPU
+    extension, which follows the same path as its CUDA one (~140 s to build on the H200)."""
+    import optimum.quanto
+    import shutil
+    import torch
+
+    def fresh_site(name):  # quanto as the kit installs it: no build folder yet
+        site = tmp_path / name
+        shutil.copytree(Path(optimum.quanto.__file__).parent, site / "optimum" / "quanto",
+                        ignore=shutil.ignore_patterns("build", "__pycache__"))
+        return site
+
+    unpack = ("import torch, optimum.quanto\n"
+              "t = torch.arange(64, dtype=torch.uint8).reshape(8, 8)\n"
+              "print('unpacked', torch.ops.quanto.unpack(t, 4).sum().item())\n"
+              "print('from', optimum.quanto.__file__)\n")
+    env = lambda site: dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(KIT_DIR)]))
+    built = fresh_site("a")
+    r = subprocess.run([sys.executable, "-c", unpack], capture_output=True, text=True,
+                       env=env(built), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"from {built}" in r.stdout  # this copy's quanto, not the venv's
+    expected = [line for line in r.stdout.splitlines() if line.startswith("unpacked")]
+    (kept,) = kit.keep_builds(built, tmp_path / "out", torch.__version__, "sm90")
+    assert kept.name == kit.prebuilt_name("quanto_cpp", torch.__version__, "cpu")
+    assert re.fullmatch(r"quanto_cpp-[A-Za-z0-9._-]+-cpu\.so\.gz", kept.name)
+
+    fresh = fresh_site("b")
+    load = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+            "import check\n"
+            "print('loaded', check.load_prebuilt(Path(sys.argv[2]), Path(sys.argv[3])))\n" + unpack)
+    r = subprocess.run([sys.executable, "-c", load, str(KIT_DIR), str(tmp_path / "out"),
+                        str(tmp_path / "work")], capture_output=True, text=True,
+                       env=dict(env(fresh), PYTHONPATH=os.pathsep.join(
+                           [str(fresh), str(KIT_DIR), str(REPO / "workflow")])), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"loaded ['{kept.name}']" in r.stdout and f"from {fresh}" in r.stdout
+    assert [line for line in r.stdout.splitlines() if line.startswith("unpacked")] == expected
+    cpp = fresh / "optimum" / "quanto" / "library" / "extensions" / "cpp"
+    assert not (cpp / "build").exists()  # nothing was compiled
+    assert kit.keep_builds(fresh, tmp_path / "again", torch.__version__, "cpu") == []
