@@ -56,7 +56,8 @@ QUANTO_EXTENSIONS = {"quanto_cuda": "cuda", "quanto_cpp": "cpp"}  # name: its fo
 # (~15 s) and the margin the device call's own timeout needs left over
 PLAN_LIMIT_S = 540.0
 RUN_OVERHEAD_S = 15.0  # per run: check.py's imports before its budget starts, its last row
-KIT_ARGS = ("--model", "--mini", "--out", "--work", "--prebuilt")  # the kit gives these to every run
+# the kit gives these to every run
+KIT_ARGS = ("--model", "--mini", "--out", "--work", "--prebuilt")
 GRACE_S = 30.0  # past a plan run's budget and overhead before the kit stops it
 SINGLE_RUN = "check"  # the label of a run without a plan
 SPLITS = ("test-clean", "test-other")
@@ -694,7 +695,7 @@ def run_check(cmd: list[str], env: dict, out: Path, deadline: float) -> int | No
         finally:
             timer.cancel()
         if stopped.is_set():
-            log.write(f"gpu_kit: stopped at the kit's deadline\n")
+            log.write("gpu_kit: stopped at the kit's deadline\n")
     return None if stopped.is_set() else rc
 
 
@@ -775,34 +776,38 @@ def run(a) -> int:
 
 def unpack(a) -> int:
     """Each <label>.tar.gz a device call brought back, into RUNS/<UTC date-time>-<label>/
-    (the date from its results.json), where merge.py reads the runs of one GPU."""
+    (the date from its results.json), where merge.py reads the runs of one GPU. Every file is
+    checked before any is unpacked."""
     import tarfile
 
     src, runs = Path(a.files), Path(a.into)
     tars = sorted(src.glob("*.tar.gz"))
     if not tars:
         raise KitError(f"unpack: no .tar.gz in {src}")
-    runs.mkdir(parents=True, exist_ok=True)
+    places = []
     for t in tars:
         label = t.name.removesuffix(".tar.gz")
         with tarfile.open(t) as tar:
-            names = tar.getnames()
             if any(not (n == label or n.startswith(label + "/")) or ".." in Path(n).parts
-                   for n in names):
+                   for n in tar.getnames()):
                 raise KitError(f"unpack: {t.name} holds files outside {label}/")
             try:
                 head = json.load(tar.extractfile(f"{label}/results.json"))["device"]
             except (KeyError, ValueError) as e:
-                raise KitError(f"unpack: {t.name} has no readable {label}/results.json ({e})")
-            stamp = head["date_utc"].replace(" ", "T").replace(":", "")
-            dest = runs / f"{stamp}-{label}"
-            if dest.exists():
-                raise KitError(f"unpack: {dest} exists already")
-            tmp = runs / f".{dest.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
+                raise KitError(f"unpack: {t.name} has no readable {label}/results.json ({e}): "
+                               "its check.log says why; nothing was unpacked")
+        dest = runs / f"{head['date_utc'].replace(' ', 'T').replace(':', '')}-{label}"
+        if dest.exists():
+            raise KitError(f"unpack: {dest} exists already; nothing was unpacked")
+        places.append((t, label, dest))
+    runs.mkdir(parents=True, exist_ok=True)
+    for t, label, dest in places:
+        tmp = runs / f".{dest.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(t) as tar:
             tar.extractall(tmp, filter="data")
-            os.replace(tmp / label, dest)
-            tmp.rmdir()
+        os.replace(tmp / label, dest)
+        tmp.rmdir()
         print(f"gpu_kit: {t.name} -> {dest}")
     return 0
 
@@ -824,7 +829,7 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("run", help="there: verify, install and run the check")
     for q in (ps, pr):
         q.add_argument("--plan", help="run each line of scripts/gpu_kit/plans/PLAN.txt (or a "
-                                      "file) into its own folder of $OUT")
+                                      "file) as its own check, into $OUT/<label>.tar.gz")
         q.add_argument("--limit-s", type=float, default=PLAN_LIMIT_S,
                        help="what a plan's runs may take together")
     pu = sub.add_parser("unpack", help="here: a device call's <label>.tar.gz files into "
