@@ -132,7 +132,7 @@ def _v(package: str) -> str | None:
         return None
 
 
-def device_header(device: str, args) -> dict:
+def device_header(device: str, args, prebuilt: list[str] = ()) -> dict:
     import torch
 
     h = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -141,7 +141,7 @@ def device_header(device: str, args) -> dict:
          "commit": os.environ.get("WHISPER_PTQ_KIT_COMMIT"),
          "kit": os.environ.get("WHISPER_PTQ_KIT_ID"),
          "model_sha256": os.environ.get("WHISPER_PTQ_MODEL_SHA256"),
-         "prebuilt": load_prebuilt(args.prebuilt, args.work),
+         "prebuilt": list(prebuilt),  # quanto kernels loaded, not built (load_prebuilt)
          "packages": {p: _v(p) for p in ("transformers", "accelerate", "safetensors", "numpy",
                                           "optimum-quanto", "hqq", "bitsandbytes", "jiwer",
                                           "whisper-normalizer", "soundfile", "ctranslate2",
@@ -726,7 +726,8 @@ def check(args) -> int:
     check_device(args.device)  # one clear PipelineError without a GPU
     for d in (args.out, args.work, args.scratch):
         d.mkdir(parents=True, exist_ok=True)
-    res = Results(args.out, device_header(args.device, args))
+    prebuilt = load_prebuilt(args.prebuilt, args.work)
+    res = Results(args.out, device_header(args.device, args, prebuilt))
     print(device_line(res.data["device"]), flush=True)
     res.write(budget)
     study = load(args)

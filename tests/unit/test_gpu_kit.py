@@ -501,9 +501,9 @@ def test_merge_refuses_runs_it_cannot_put_in_one_table():
     with pytest.raises(SystemExit, match="b has packages .*'6'.*, a .*'5'"):
         merge.merge([_run("d1", real=["fp32"]), _run("d2", packages={"transformers": "6"})],
                     ["fp32"], ["a", "b"])
-    with pytest.raises(SystemExit, match="b has model_sha256 'w2', a 'w1'"):
-        merge.merge([_run("d1", real=["fp32"], model_sha="w1"), _run("d2", model_sha="w2")],
-                    ["fp32"], ["a", "b"])
+    with pytest.raises(SystemExit, match="c has model_sha256 'w2', b 'w1'"):
+        merge.merge([_run("d0"), _run("d1", real=["fp32"], model_sha="w1"),
+                     _run("d2", model_sha="w2")], ["fp32"], ["a", "b", "c"])
     with pytest.raises(SystemExit, match="b's real rows have batch_size 8, a's 16"):
         merge.merge([_run("d1", real=["fp32"]), _run("d2", real=["fp16"], batch_size=8)],
                     ["fp32", "fp16"], ["a", "b"])
