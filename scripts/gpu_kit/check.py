@@ -49,7 +49,7 @@ from whisper_ptq.report.tables import delta_text  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
 from whisper_ptq.decode import make_transcriber  # noqa: E402
 from whisper_ptq.transcribe import transcribe_checkpoint  # noqa: E402
-import kit  # noqa: E402  (stdlib and numpy: the prebuilt kernels' names)
+import kit  # noqa: E402  (quanto's prebuilt kernels)
 
 SPLITS = ("test-clean", "test-other")
 # architecture of the real checkpoints (config.json on the hub); weights are random here
@@ -141,7 +141,7 @@ def device_header(device: str, args, prebuilt: list[str] = ()) -> dict:
          "commit": os.environ.get("WHISPER_PTQ_KIT_COMMIT"),
          "kit": os.environ.get("WHISPER_PTQ_KIT_ID"),
          "model_sha256": os.environ.get("WHISPER_PTQ_MODEL_SHA256"),
-         "prebuilt": list(prebuilt),  # quanto kernels loaded, not built (load_prebuilt)
+         "prebuilt": list(prebuilt),  # quanto kernels loaded, not built (kit.load_prebuilt)
          "packages": {p: _v(p) for p in ("transformers", "accelerate", "safetensors", "numpy",
                                           "optimum-quanto", "hqq", "bitsandbytes", "jiwer",
                                           "whisper-normalizer", "soundfile", "ctranslate2",
@@ -159,41 +159,6 @@ def device_header(device: str, args, prebuilt: list[str] = ()) -> dict:
         except (OSError, subprocess.SubprocessError):
             h["driver"] = None
     return h
-
-
-def load_prebuilt(folder: Path | None, work: Path) -> list[str]:
-    """quanto's kernels from an earlier build for this torch and GPU (kit.keep_builds), set as
-    its extensions' libraries so that it does not build them again; each one that is missing
-    or does not load is built by quanto on first use, as without a kit."""
-    import gzip
-    import importlib.util
-
-    if folder is None:
-        return []
-    try:
-        from optimum.quanto.library.extensions import get_extension
-    except ImportError:
-        return []
-    version, arch = kit.torch_build()
-    loaded = []
-    for ext in kit.QUANTO_EXTENSIONS:
-        gz = folder / kit.prebuilt_name(ext, version, arch)
-        if not gz.is_file():
-            continue
-        try:
-            extension = get_extension(ext)  # KeyError: quanto registers CUDA's only with CUDA
-            so = work / "prebuilt" / f"{ext}.so"
-            so.parent.mkdir(parents=True, exist_ok=True)
-            with gzip.open(gz, "rb") as g, open(so, "wb") as f:
-                shutil.copyfileobj(g, f)
-            spec = importlib.util.spec_from_file_location(ext, so)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            extension._lib = module
-            loaded.append(gz.name)
-        except Exception as e:  # noqa: BLE001  (quanto builds it instead)
-            print(f"prebuilt {gz.name} not loaded, quanto builds it: {short_error(e)}", flush=True)
-    return loaded
 
 
 def device_line(h: dict) -> str:
@@ -726,7 +691,7 @@ def check(args) -> int:
     check_device(args.device)  # one clear PipelineError without a GPU
     for d in (args.out, args.work, args.scratch):
         d.mkdir(parents=True, exist_ok=True)
-    prebuilt = load_prebuilt(args.prebuilt, args.work)
+    prebuilt = kit.load_prebuilt(args.prebuilt, args.work)
     res = Results(args.out, device_header(args.device, args, prebuilt))
     print(device_line(res.data["device"]), flush=True)
     res.write(budget)

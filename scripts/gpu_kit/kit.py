@@ -563,6 +563,42 @@ def keep_builds(site: Path, out: Path, torch_version: str, arch: str) -> list[Pa
     return kept
 
 
+def load_prebuilt(folder: Path | None, work: Path) -> list[str]:
+    """quanto's kernels from an earlier build for this torch and GPU (keep_builds), set as its
+    extensions' libraries so that it does not build them again (called by check.py, where
+    quanto is installed); each one that is missing or does not load is built by quanto on
+    first use, as without a kit."""
+    import importlib.util
+
+    if folder is None:
+        return []
+    try:
+        from optimum.quanto.library.extensions import get_extension
+    except ImportError:
+        return []
+    version, arch = torch_build()
+    loaded = []
+    for ext in QUANTO_EXTENSIONS:
+        gz = Path(folder) / prebuilt_name(ext, version, arch)
+        if not gz.is_file():
+            continue
+        try:
+            extension = get_extension(ext)  # KeyError: quanto registers CUDA's only with CUDA
+            so = Path(work) / "prebuilt" / f"{ext}.so"
+            so.parent.mkdir(parents=True, exist_ok=True)
+            with gzip.open(gz, "rb") as g, open(so, "wb") as f:
+                shutil.copyfileobj(g, f)
+            spec = importlib.util.spec_from_file_location(ext, so)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            extension._lib = module
+            loaded.append(gz.name)
+        except Exception as e:  # noqa: BLE001  (quanto builds it instead)
+            print(f"prebuilt {gz.name} not loaded, quanto builds it: {type(e).__name__}: {e}",
+                  flush=True)
+    return loaded
+
+
 def install_wheels(manifest: dict, root: Path) -> Path:
     site = root / "site"
     wheels = [root / "files" / it["name"] for it in manifest["files"] if it["kind"] == "wheel"]

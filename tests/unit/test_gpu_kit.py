@@ -170,16 +170,17 @@ def test_prepare_then_stage_without_cuda(tmp_path, tiny_en_dir, mini_dir):
     assert f"kit {manifest['kit_id']}" in (run_dir / "results.md").read_text()
     # a plan: each run into its own file, the common arguments after --; merge.py joins them
     plan = tmp_path / "plan.txt"
-    plan.write_text("# two runs\na: --entries fp32 --budget-s 60\n"
+    plan.write_text("# the runs of a plan come back as one file each\n"
                     "b: --entries quanto-int8 --budget-s 60\n")
     r = subprocess.run([sys.executable, str(KIT_DIR / "kit.py"), "run", "--plan", str(plan), "--",
                         "--device", "cpu", "--no-real", "--shapes", "test", "--batch-size", "2",
                         "--max-batch", "2", "--tokens", "2", "--threads", "1"],
                        capture_output=True, text=True, env=dict(env, OUT=str(tmp_path / "plan")))
-    assert r.returncode == 0 and "plan done: a exit 0, b exit 0" in r.stdout, r.stdout[-3000:]
-    assert kit.main(["unpack", str(tmp_path / "plan"), "--into", str(tmp_path / "plan-runs")]) == 0
-    runs = sorted((tmp_path / "plan-runs").iterdir())
-    assert [d.name[-2:] for d in runs] == ["-a", "-b"]
+    assert r.returncode == 0 and "plan done: b exit 0" in r.stdout, r.stdout[-3000:]
+    assert [f.name for f in (tmp_path / "plan").iterdir()] == ["b.tar.gz"]
+    assert kit.main(["unpack", str(tmp_path / "plan"), "--into", str(tmp_path / "runs")]) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert sorted(d.name.rsplit("-", 1)[1] for d in runs) == ["b", "check"]
     assert [json.loads((d / "results.json").read_text())["device"]["model_sha256"]
             for d in runs] == [manifest["weights"]["fp32_sha256"]] * 2
     assert _module("merge").main(["--out", str(tmp_path / "merged"), *map(str, runs)]) == 0
@@ -640,7 +641,7 @@ def test_unpack_refuses_what_it_cannot_place(tmp_path, capsys):
 
 @pytest.mark.slow  # compiles quanto's CPU kernels (~30 s on 2 cores)
 def test_quanto_kernels_built_once_are_kept_and_loaded_instead_of_rebuilt(tmp_path):
-    """kit.keep_builds gzips what quanto built during a call; check.load_prebuilt, in a fresh
+    """kit.keep_builds gzips what quanto built during a call; kit.load_prebuilt, in a fresh
     install of quanto, loads it so that nothing is compiled again. Shown with quanto's CPU
     extension, which follows the same path as its CUDA one (~140 s to build on the H200)."""
     import optimum.quanto
@@ -669,13 +670,10 @@ def test_quanto_kernels_built_once_are_kept_and_loaded_instead_of_rebuilt(tmp_pa
     assert re.fullmatch(r"quanto_cpp-[A-Za-z0-9._-]+-cpu\.so\.gz", kept.name)
 
     fresh = fresh_site("b")
-    load = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
-            "import check\n"
-            "print('loaded', check.load_prebuilt(Path(sys.argv[2]), Path(sys.argv[3])))\n" + unpack)
-    r = subprocess.run([sys.executable, "-c", load, str(KIT_DIR), str(tmp_path / "out"),
-                        str(tmp_path / "work")], capture_output=True, text=True,
-                       env=dict(env(fresh), PYTHONPATH=os.pathsep.join(
-                           [str(fresh), str(KIT_DIR), str(REPO / "workflow")])), cwd=tmp_path)
+    load = ("import sys, kit; from pathlib import Path\n"
+            "print('loaded', kit.load_prebuilt(Path(sys.argv[1]), Path(sys.argv[2])))\n" + unpack)
+    r = subprocess.run([sys.executable, "-c", load, str(tmp_path / "out"), str(tmp_path / "work")],
+                       capture_output=True, text=True, env=env(fresh), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"loaded ['{kept.name}']" in r.stdout and f"from {fresh}" in r.stdout
     assert [line for line in r.stdout.splitlines() if line.startswith("unpacked")] == expected
