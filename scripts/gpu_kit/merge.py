@@ -1,14 +1,14 @@
-"""Several runs of the GPU check on one machine, as one table (docs/results/gpu/).
+"""Several runs of the GPU check on one GPU model, as one table (docs/results/gpu/<gpu>/).
 
-A lent machine's 15 minutes rarely hold every entry in one run; later runs of the same kit
-(`kit.py run -- --entries ...`) measure what the first one skipped. This writes their rows as
-one results.md / results.json: rows in config.yaml's order, an entry skipped by one run but
-measured by another no longer listed as not measured, one line per run, and ΔWER against
-fp32 from the runs' kept hypotheses (fp32 and the entry may come from different runs). A
-row measured again by a later run replaces the earlier one (the run's line says how many it
-lost). Runs on another GPU, driver, torch or package versions, of other weights, or with other
-table settings, are refused, not mixed; runs of different kits or commits are not (each run's
-line names its commit and kit).
+A lent machine's 15 minutes rarely hold every entry in one run; later runs, in the same session
+or a later one (plans, `--entries ...`), measure what the first skipped. This writes their rows
+as one results.md / results.json: rows in config.yaml's order, an entry skipped by one run but
+measured by another no longer listed as not measured, one line per run, and ΔWER against fp32
+from the runs' kept hypotheses (fp32 and the entry may come from different runs). A row
+measured again by a later run replaces the earlier one (the run's line says how many it lost).
+Runs on another GPU, driver, torch or package versions, of other weights, or with other table
+settings, are refused, not mixed; runs of different kits or commits are not (each run's line
+names its commit and kit).
 
     python scripts/gpu_kit/merge.py --out docs/results/gpu/h200 docs/results/gpu/h200/runs/*
 """

@@ -476,7 +476,7 @@ def _run(date, real=(), not_run=(), synthetic=(), kit_id="k1", packages=None, mo
                         for e, st in not_run]}
 
 
-def test_merge_joins_runs_of_one_kit_in_config_order():
+def test_merge_joins_runs_in_config_order():
     merge = _module("merge")
     order = ["fp32", "fp16", "bnb-nf4", "bnb-int8", "torch-int8-dyn"]
     first = _run("d1", real=["fp32", "fp16"],
