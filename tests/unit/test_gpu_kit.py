@@ -575,7 +575,8 @@ def test_every_plan_fits_one_command_and_names_real_entries(random_model_dir):
         for label, run_args in kit.read_plan(plan.stem):
             a = check.parser().parse_args(["--model", ".", "--mini", ".", "--out", ".", *run_args])
             if a.entries:
-                check.entry_names(study, a)  # SystemExit on an unknown entry
+                names = check.entry_names(study, a)  # SystemExit on an unknown entry
+                assert set((a.real_entries or a.entries).split(",")) <= set(names), label
             assert a.shapes in (None, "none") or set(a.shapes.split(",")) <= set(check.SHAPES)
 
 
