@@ -4,7 +4,9 @@
 * the fp32 weights are rebuilt byte for byte from fp16 (sha256), and tiny.en is fp16-exact;
 * ``prepare`` then ``stage --then-run`` of every part ends, without CUDA, in one clear
   "no CUDA device" line and a non-zero exit, after verifying every file;
-* the check's own code (tables, agreement, random-weight search) runs on CPU (--device cpu).
+* the check's own code (tables, agreement, random-weight search) runs on CPU (--device cpu);
+* plans are checked before any device time is spent; each run comes back as one file, which
+  ``unpack`` places and ``merge.py`` joins; quanto's kernels, built once, are kept and loaded.
 """
 
 from __future__ import annotations
