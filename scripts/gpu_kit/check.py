@@ -177,7 +177,8 @@ def _f(x, fmt="{:.2f}"):
 def run_scope(a: dict) -> str:
     """What a run was asked for, where it was less than everything."""
     parts = ["--quick"] if a.get("quick") else []
-    parts += [f"--{k.replace('_', '-')} {a[k]}" for k in ("entries", "real_entries", "shapes")
+    parts += [f"--{k.replace('_', '-')} {a[k]}" for k in ("entries", "skip_entries",
+                                                          "real_entries", "shapes")
               if a.get(k) not in (None, DEFAULT_SHAPES)]
     parts += [f"--{k.replace('_', '-')}" for k in ("no_real", "no_agreement") if a.get(k)]
     return f" ({' '.join(parts)})" if parts else ""
@@ -272,16 +273,22 @@ def load(args) -> Study:
 
 def entry_names(study: Study, args) -> list[str]:
     order = study.entry_order() if hasattr(study, "entry_order") else list(study.entries)
-    wanted = args.entries or (QUICK_ENTRIES if args.quick else None)
-    if wanted == "runtimes":
-        return [n for n in order if n == "fp32" or study.entries[n]["library"] in RUNTIMES]
-    if wanted:
-        names = [n.strip() for n in wanted.split(",") if n.strip()]
+
+    def listed(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
         unknown = [n for n in names if n not in study.entries]
         if unknown:
             raise SystemExit(f"check: unknown entries {unknown}; known: {list(study.entries)}")
-        return [n for n in order if n in names]
-    return order
+        return names
+
+    skip = listed(getattr(args, "skip_entries", None) or "")
+    wanted = args.entries or (QUICK_ENTRIES if args.quick else None)
+    if wanted == "runtimes":
+        order = [n for n in order if n == "fp32" or study.entries[n]["library"] in RUNTIMES]
+    elif wanted:
+        names = listed(wanted)
+        order = [n for n in order if n in names]
+    return [n for n in order if n not in skip]
 
 
 def delta_vs_fp32(fp32: dict | None, score: dict, what: str) -> dict:
@@ -636,6 +643,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", default=None,
                    help=f"random-weight shapes (default {DEFAULT_SHAPES}; "
                         "quick: whisper-small); 'none' for none")
+    p.add_argument("--skip-entries", default=None,
+                   help="comma-separated entries left out (e.g. those that need a kernel build)")
     p.add_argument("--no-real", action="store_true", help="skip the real model")
     p.add_argument("--real-entries", default=None,
                    help="subset of --entries for the real model (default: all of them)")

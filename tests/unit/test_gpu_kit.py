@@ -576,9 +576,9 @@ def test_every_plan_fits_one_command_and_names_real_entries(random_model_dir):
     for plan in plans:
         for label, run_args in kit.read_plan(plan.stem):
             a = check.parser().parse_args(["--model", ".", "--mini", ".", "--out", ".", *run_args])
-            if a.entries:
-                names = check.entry_names(study, a)  # SystemExit on an unknown entry
-                assert set((a.real_entries or a.entries).split(",")) <= set(names), label
+            names = check.entry_names(study, a)  # SystemExit on an unknown entry
+            if a.real_entries:
+                assert set(a.real_entries.split(",")) <= set(names), label
             assert a.shapes in (None, "none") or set(a.shapes.split(",")) <= set(check.SHAPES)
 
 
@@ -683,3 +683,19 @@ def test_quanto_kernels_built_once_are_kept_and_loaded_instead_of_rebuilt(tmp_pa
     cpp = fresh / "optimum" / "quanto" / "library" / "extensions" / "cpp"
     assert not (cpp / "build").exists()  # nothing was compiled
     assert kit.keep_builds(fresh, tmp_path / "again", torch.__version__, "cpu") == []
+
+
+def test_skip_entries_leaves_those_out_of_any_selection(random_model_dir):
+    check = _module("check")
+    base = ["--model", str(random_model_dir), "--mini", ".", "--out", "."]
+    study = check.load(check.parser().parse_args(base))
+    names = lambda *extra: check.entry_names(study, check.parser().parse_args(base + [*extra]))
+    every = names()
+    assert names("--skip-entries", "quanto-int4,quanto-int2") == [
+        n for n in every if n not in ("quanto-int4", "quanto-int2")]
+    assert names("--entries", "fp32,quanto-int4,bnb-nf4", "--skip-entries", "quanto-int4") == [
+        "fp32", "bnb-nf4"]
+    with pytest.raises(SystemExit, match="unknown entries \\['quanto-int5'\\]"):
+        names("--skip-entries", "quanto-int5")
+    args = vars(check.parser().parse_args(base + ["--skip-entries", "quanto-int4"]))
+    assert check.run_scope(args) == " (--skip-entries quanto-int4)"
