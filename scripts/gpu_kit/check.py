@@ -137,6 +137,9 @@ def device_header(device: str, args, prebuilt: list[str] = ()) -> dict:
 
     h = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
          "python": platform.python_version(), "host": platform.node(),
+         # the lent machines run under Firecracker (6.x) or gVisor (4.4.0), which may time
+         # launches differently
+         "kernel": platform.release(),
          "cpu_count": os.cpu_count(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
          "commit": os.environ.get("WHISPER_PTQ_KIT_COMMIT"),
          "kit": os.environ.get("WHISPER_PTQ_KIT_ID"),
@@ -166,8 +169,10 @@ def device_line(h: dict) -> str:
         gpu = f"{h['gpu']} ({h['gpu_memory_mib']} MiB), driver {h.get('driver')}"
     else:
         gpu = "no GPU: CPU dry run"
+    kernel = f"; kernel {h['kernel']}" if h.get("kernel") else ""
     return (f"{gpu}; torch {h['torch']} (CUDA {h['cuda']}); transformers "
-            f"{h['packages']['transformers']}; python {h['python']}; {h['cpu_count']} CPUs")
+            f"{h['packages']['transformers']}; python {h['python']}; {h['cpu_count']} CPUs"
+            + kernel)
 
 
 def _f(x, fmt="{:.2f}"):

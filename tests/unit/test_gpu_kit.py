@@ -415,6 +415,9 @@ def test_runtime_entries_on_a_cuda_13_host_are_rows_not_crashes(monkeypatch, tmp
         assert all("libcublas.so.12-absent" in rows[n]["reason"] for n in rows if "ct2" in n)
         md = (tmp_path / "results.md").read_text()
         assert f"| {random_model_dir.name} | ct2-bf16 | unsupported | CTranslate2 " in md
+        import platform
+
+        assert md.splitlines()[0].endswith(f"; kernel {platform.release()}")  # gVisor or not
     finally:
         ct2.supported_types.cache_clear()
         ct2.cuda_library_error.cache_clear()
