@@ -429,7 +429,11 @@ def prepare(a) -> int:
     for k in range(1, len(parts) + 1):
         size = dir_bytes(out / f"part{k}")
         print(f"  part{k}: {size / MIB:.1f} MiB -> run(command='python3 scripts/gpu_kit/kit.py "
-              f"stage {rel}/part{k} --then-run', carry=['{rel}/part{k}'], timeout_s=590)")
+              f"stage {rel}/part{k} --then-run --plan PLAN', carry=['{rel}/part{k}'], "
+              "timeout_s=590)")
+    plans = ", ".join(sorted(p.stem for p in PLANS.glob("*.txt")))
+    print(f"PLAN: one of {plans} (docs/results/gpu/README.md says which, by GPU); without "
+          "--plan the call runs the whole check once")
     return 0
 
 
