@@ -286,7 +286,7 @@ def entry_names(study: Study, args) -> list[str]:
             raise SystemExit(f"check: unknown entries {unknown}; known: {list(study.entries)}")
         return names
 
-    skip = listed(getattr(args, "skip_entries", None) or "")
+    skip = listed(args.skip_entries or "")
     wanted = args.entries or (QUICK_ENTRIES if args.quick else None)
     if wanted == "runtimes":
         order = [n for n in order if n == "fp32" or study.entries[n]["library"] in RUNTIMES]

@@ -431,8 +431,7 @@ def prepare(a) -> int:
         print(f"  part{k}: {size / MIB:.1f} MiB -> run(command='python3 scripts/gpu_kit/kit.py "
               f"stage {rel}/part{k} --then-run --plan PLAN', carry=['{rel}/part{k}'], "
               "timeout_s=590)")
-    plans = ", ".join(sorted(p.stem for p in PLANS.glob("*.txt")))
-    print(f"PLAN: one of {plans} (docs/results/gpu/README.md says which, by GPU); without "
+    print(f"PLAN: one of {', '.join(plan_names())} (docs/results/gpu/README.md says which, by GPU); without "
           "--plan the call runs the whole check once")
     return 0
 
@@ -653,13 +652,17 @@ def assemble_model(manifest: dict, root: Path) -> Path:
     return model
 
 
-def read_plan(name: str, limit_s: float = PLAN_LIMIT_S) -> list[tuple[str, list[str]]]:
+def plan_names() -> list[str]:
+    return sorted(p.stem for p in PLANS.glob("*.txt"))
+
+
+def read_plan(name: str, limit_s: float = PLAN_LIMIT_S) -> list[tuple[str, list[str], float]]:
     """A plan: `label: check.py arguments` per line (# comments), each with its --budget-s;
-    the runs' budgets and overheads must fit in limit_s. Checked before anything runs."""
+    the runs' budgets and overheads must fit in limit_s. Checked before anything runs.
+    Returns (label, arguments, budget) per run."""
     path = Path(name) if name.endswith(".txt") or "/" in name else PLANS / f"{name}.txt"
     if not path.is_file():
-        known = sorted(p.stem for p in PLANS.glob("*.txt"))
-        raise KitError(f"plan {name}: no {path} (plans: {', '.join(known)})")
+        raise KitError(f"plan {name}: no {path} (plans: {', '.join(plan_names())})")
     runs, total = [], 0.0
     for n, line in enumerate(path.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -679,10 +682,11 @@ def read_plan(name: str, limit_s: float = PLAN_LIMIT_S) -> list[tuple[str, list[
         if "--budget-s" not in args[:-1]:
             raise KitError(f"{where}: name the run's --budget-s")
         try:
-            total += float(args[args.index("--budget-s") + 1]) + RUN_OVERHEAD_S
+            budget = float(args[args.index("--budget-s") + 1])
         except ValueError:
             raise KitError(f"{where}: --budget-s wants seconds")
-        runs.append((label, args))
+        total += budget + RUN_OVERHEAD_S
+        runs.append((label, args, budget))
     if not runs:
         raise KitError(f"plan {path.name} has no runs")
     if total > limit_s:
@@ -691,11 +695,10 @@ def read_plan(name: str, limit_s: float = PLAN_LIMIT_S) -> list[tuple[str, list[
     return runs
 
 
-def plan_budget(args: list[str], elapsed: float, runs_left: int, limit_s: float) -> float | None:
+def plan_budget(own: float, elapsed: float, runs_left: int, limit_s: float) -> float | None:
     """A plan run's budget: its own, or less when an earlier run overran (the later runs keep
     their overheads); None when under a minute would be left to it."""
-    left = limit_s - elapsed - RUN_OVERHEAD_S * runs_left
-    budget = min(float(args[args.index("--budget-s") + 1]), left)
+    budget = min(own, limit_s - elapsed - RUN_OVERHEAD_S * runs_left)
     return budget if budget >= 60 else None
 
 
@@ -785,10 +788,10 @@ def run(a) -> int:
            "--mini", str(root / "files"), "--work", str(root / "work"),
            "--prebuilt", str(root / "files")]
     t0, rcs, codes = time.monotonic(), {}, []
-    for k, (label, args) in enumerate(plan or [(SINGLE_RUN, [])]):
-        args, end = args + a.check_args, t0 + a.limit_s
+    for k, (label, args, own) in enumerate(plan or [(SINGLE_RUN, [], None)]):
+        args, end, run_dir = args + a.check_args, t0 + a.limit_s, root / "runs" / label
         if plan:
-            budget = plan_budget(args, time.monotonic() - t0, len(plan) - k, a.limit_s)
+            budget = plan_budget(own, time.monotonic() - t0, len(plan) - k, a.limit_s)
             if budget is None:
                 print(f"gpu_kit: plan run {label} skipped: too little of {a.limit_s:.0f} s left",
                       flush=True)
@@ -797,13 +800,13 @@ def run(a) -> int:
             print(f"gpu_kit: plan run {k + 1}/{len(plan)} {label}: {' '.join(args)}", flush=True)
             args += ["--budget-s", f"{budget:.0f}"]
             end = min(end, time.monotonic() + budget + RUN_OVERHEAD_S + GRACE_S)
-        rc = run_check(cmd + args, env, root / "runs" / label, end)
+        rc = run_check(cmd + args, env, run_dir, end)
         codes.append(1 if rc is None else rc)
         rcs[label] = "stopped at its deadline" if rc is None else f"exit {rc}"
-        md = root / "runs" / label / "results.md"
+        md = run_dir / "results.md"
         if md.is_file():  # the tables in the reply too, should the files not come back
             print("\n" + md.read_text(), flush=True)
-        print(f"gpu_kit: {label}: {rcs[label]}; {pack_run(root / 'runs' / label, out)}", flush=True)
+        print(f"gpu_kit: {label}: {rcs[label]}; {pack_run(run_dir, out)}", flush=True)
     for kept in keep_builds(site, out, *torch_build()):
         print(f"gpu_kit: quanto's kernels built here are in {kept} "
               f"({kept.stat().st_size / MIB:.1f} MiB): commit it to scripts/gpu_kit/prebuilt/",

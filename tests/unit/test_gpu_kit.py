@@ -577,7 +577,7 @@ def test_every_plan_fits_one_command_and_names_real_entries(random_model_dir):
     plans = sorted(kit.PLANS.glob("*.txt"))
     assert plans
     for plan in plans:
-        for label, run_args in kit.read_plan(plan.stem):
+        for label, run_args, _ in kit.read_plan(plan.stem):
             a = check.parser().parse_args(["--model", ".", "--mini", ".", "--out", ".", *run_args])
             names = check.entry_names(study, a)  # SystemExit on an unknown entry
             if a.real_entries:
@@ -610,10 +610,9 @@ def test_a_bad_plan_is_one_clear_error(tmp_path, text, error):
 
 
 def test_a_plan_run_after_an_overrun_gets_what_is_left():
-    args = ["--budget-s", "200"]
-    assert kit.plan_budget(args, 0, 2, 540) == 200
-    assert kit.plan_budget(args, 400, 2, 540) == 540 - 400 - 2 * kit.RUN_OVERHEAD_S
-    assert kit.plan_budget(args, 480, 1, 540) is None  # 45 s left: not worth starting
+    assert kit.plan_budget(200, 0, 2, 540) == 200
+    assert kit.plan_budget(200, 400, 2, 540) == 540 - 400 - 2 * kit.RUN_OVERHEAD_S
+    assert kit.plan_budget(200, 480, 1, 540) is None  # 45 s left: not worth starting
 
 
 def test_a_run_past_its_deadline_is_stopped_and_its_log_kept(tmp_path):
