@@ -7,7 +7,9 @@
 2. fp32 on CPU against fp32 on the device: the same hypotheses, or the differing ids;
 3. random-weight whisper-small- and whisper-large-v3-shaped models built here from a
    WhisperConfig, the same entries: RTF, tokens/s and peak memory at batch 16 and at the
-   largest batch that fits (powers of 2 upward, with a time cap), quantize seconds. The
+   largest batch that fits (powers of 2 upward, with a time cap), quantize seconds; each
+   batch size timed again after its first pass, which is kept beside it (new shapes cost
+   once: diagnose.py, which also profiles entries and restricts attention backends). The
    decoder is held to exactly --tokens new tokens (min_new_tokens = max_new_tokens), so
    random weights decode as long as real speech would; each utterance is 30 s of features.
 
@@ -49,6 +51,7 @@ from whisper_ptq.report.tables import delta_text  # noqa: E402
 from whisper_ptq.scoring import score_rows  # noqa: E402
 from whisper_ptq.decode import make_transcriber  # noqa: E402
 from whisper_ptq.transcribe import transcribe_checkpoint  # noqa: E402
+import diagnose  # noqa: E402  (--sdpa, --profile-entries)
 import kit  # noqa: E402  (quanto's prebuilt kernels)
 
 SPLITS = ("test-clean", "test-other")
@@ -145,6 +148,7 @@ def device_header(device: str, args, prebuilt: list[str] = ()) -> dict:
          "kit": os.environ.get("WHISPER_PTQ_KIT_ID"),
          "model_sha256": os.environ.get("WHISPER_PTQ_MODEL_SHA256"),
          "prebuilt": list(prebuilt),  # quanto kernels loaded, not built (kit.load_prebuilt)
+         "sdpa": diagnose.sdpa_state(),
          "packages": {p: _v(p) for p in ("transformers", "accelerate", "safetensors", "numpy",
                                           "optimum-quanto", "hqq", "bitsandbytes", "jiwer",
                                           "whisper-normalizer", "soundfile", "ctranslate2",
@@ -183,7 +187,8 @@ def run_scope(a: dict) -> str:
     """What a run was asked for, where it was less than everything."""
     parts = ["--quick"] if a.get("quick") else []
     parts += [f"--{k.replace('_', '-')} {a[k]}" for k in ("entries", "skip_entries",
-                                                          "real_entries", "shapes")
+                                                          "real_entries", "shapes", "sdpa",
+                                                          "profile_entries")
               if a.get(k) not in (None, DEFAULT_SHAPES)]
     parts += [f"--{k.replace('_', '-')}" for k in ("no_real", "no_agreement") if a.get(k)]
     return f" ({' '.join(parts)})" if parts else ""
@@ -242,28 +247,46 @@ def markdown(d: dict) -> str:
         lines += ["## Random-weight models: speed and memory", "",
                   f"Weights random (WhisperConfig of the real model), 30 s of features per "
                   f"utterance, exactly {h['args']['tokens']} new tokens per utterance; RTF = "
-                  "seconds / (batch x 30 s). Max batch: powers of 2 upward until out of memory, "
-                  f"a step over {h['args']['step_cap_s']:.0f} s, batch {h['args']['max_batch']} "
-                  "or the time budget.", "",
-                  "| model | entry | quantize s | load s | b | RTF | tok/s | peak MB | max b | RTF "
-                  "| tok/s | peak MB | stopped by |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "seconds / (batch x 30 s), of a repeated pass; s (first): that pass's "
+                  "seconds, and in brackets the first pass of that batch size (new shapes: "
+                  "once per run, not per batch). Max batch: powers of 2 upward until out of "
+                  f"memory, a step over {h['args']['step_cap_s']:.0f} s, batch "
+                  f"{h['args']['max_batch']} or the time budget.", "",
+                  "| model | entry | quantize s | load s | b | s (first) | RTF | tok/s | peak MB "
+                  "| max b | s (first) | RTF | tok/s | peak MB | stopped by |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+        def seconds(m: dict) -> str:  # older runs timed each batch size's first pass only
+            if not m:
+                return "–"
+            return (f"{_f(m['seconds'])} ({_f(m['first_s'])})" if "first_s" in m
+                    else f"– ({_f(m['seconds'])})")
+
         for r in d["synthetic"]:
             b, m = r["base"], r.get("max") or {}
             lines.append(
                 f"| {r['model']} | {r['entry']} | {_f(r['quantize_s'], '{:.1f}')} | "
-                f"{_f(r['load_s'], '{:.1f}')} | {b['batch']} | {_f(b['rtf'], '{:.5f}')} | "
+                f"{_f(r['load_s'], '{:.1f}')} | {b['batch']} | {seconds(b)} | "
+                f"{_f(b['rtf'], '{:.5f}')} | "
                 f"{_f(b['tokens_per_s'], '{:.0f}')} | {_f(b['peak_mb'], '{:.0f}')} | "
-                f"{m.get('batch', '–')} | {_f(m.get('rtf'), '{:.5f}')} | "
+                f"{m.get('batch', '–')} | {seconds(m)} | {_f(m.get('rtf'), '{:.5f}')} | "
                 f"{_f(m.get('tokens_per_s'), '{:.0f}')} | {_f(m.get('peak_mb'), '{:.0f}')} | "
                 f"{r['stopped_by']} |")
         tokens = h["args"]["tokens"]
         loose = [f"{r['model']} {r['entry']}" for r in d["synthetic"]
                  if r["base"]["tokens"] != r["base"]["batch"] * tokens]
+        once = [f"{r['model']} {r['entry']}" for r in d["synthetic"] if "first_s" not in r["base"]]
+        if once:
+            lines += ["", "Timed by one pass per batch size, a first one (runs of the kit before "
+                      f"it repeated them; their RTF and tok/s are of that pass): {', '.join(once)}."]
         if loose:  # CTranslate2's Whisper.generate takes no minimum length
             lines += ["", f"Not held to {tokens} new tokens per utterance (the runtime has no "
                       f"minimum length; tok/s counts what it decoded): {', '.join(loose)}."]
         lines.append("")
+        profiled = [r for r in d["synthetic"] if r.get("profile")]
+        if profiled:
+            lines += ["### Where the time goes (torch profiler)", ""]
+            lines += diagnose.markdown(profiled)
     return "\n".join(lines)
 
 
@@ -277,6 +300,7 @@ def load(args) -> Study:
 
 
 def entry_names(study: Study, args) -> list[str]:
+    """The entries a run measures, in config order; its other choices checked against them."""
     order = study.entry_order() if hasattr(study, "entry_order") else list(study.entries)
 
     def listed(text: str) -> list[str]:
@@ -293,7 +317,15 @@ def entry_names(study: Study, args) -> list[str]:
     elif wanted:
         names = listed(wanted)
         order = [n for n in order if n in names]
-    return [n for n in order if n not in skip]
+    names = [n for n in order if n not in skip]
+    # the run's other choices, checked against its entries
+    stray = [n for n in (args.profile_entries or "").split(",") if n and n not in names]
+    if stray:
+        raise SystemExit(f"check: --profile-entries {stray} are not among this run's entries")
+    if diagnose.parse_sdpa(args.sdpa) is not None and not args.no_real:
+        # real rows carry no backend in their key: they would pass for the default's
+        raise SystemExit("check: --sdpa is for the random-weight shapes: add --no-real")
+    return names
 
 
 def delta_vs_fp32(fp32: dict | None, score: dict, what: str) -> dict:
@@ -515,7 +547,14 @@ def is_oom(e: BaseException) -> bool:
 def run_synthetic(shape: str, study, names, args, budget, res) -> None:
     from transformers import WhisperTokenizer
 
-    label = f"{shape} (random)"
+    label = diagnose.label(shape, diagnose.parse_sdpa(args.sdpa))
+    profiled = set((args.profile_entries or "").split(","))
+    if args.no_real:  # else the real model's table lists them, once
+        for n in names:
+            reason = study.unsupported_reason(n, args.device)
+            if reason:
+                res.add("not_run", {"model": label, "entry": n, "status": "unsupported",
+                                    "reason": reason}, budget)
     names = [n for n in names if not study.unsupported_reason(n, args.device)]
     if shape == "whisper-large-v3":  # slow to quantize on CPU: most telling entries first
         names = sorted(names, key=lambda n: PRIORITY.index(n) if n in PRIORITY else len(PRIORITY))
@@ -566,11 +605,15 @@ def run_synthetic(shape: str, study, names, args, budget, res) -> None:
             load_s = time.perf_counter() - t1
             model.generation_config.min_new_tokens = args.tokens
             tr = make_transcriber(model, tokenizer, args.device, decoding)  # CT2: its own
-            tr(__import__("torch").randn(2, mels, 3000))  # warm-up: kernels, allocator
-            # --base-repeats > 1: the quickest pass, all of them kept (is one a one-off cost?)
+            # the warm-up is a pass of the timed shape, kept as "first_s": a batch size's
+            # first pass also pays what each new shape costs once (kernels, the allocator,
+            # cuDNN attention's graph per key length: diagnose.py), which a dataset's
+            # transcription pays once, not per batch
+            first = measure(tr, args.batch_size, mels, args.device)
+            # --base-repeats > 1: the quickest pass, all of them kept
             passes = [measure(tr, args.batch_size, mels, args.device)
                       for _ in range(args.base_repeats)]
-            base = {**min(passes, key=lambda m: m["seconds"]),
+            base = {**min(passes, key=lambda m: m["seconds"]), "first_s": first["seconds"],
                     "repeats_s": [m["seconds"] for m in passes]}
             best, stopped = None, f"batch {args.max_batch}"
             b, last = args.batch_size, base
@@ -583,7 +626,7 @@ def run_synthetic(shape: str, study, names, args, budget, res) -> None:
                 if last["seconds"] * 2.2 > args.step_cap_s:
                     stopped = f"step cap ({last['seconds']:.1f} s at b {last['batch']})"
                     break
-                if budget.left(shape) < last["seconds"] * 2.5 + 5:
+                if budget.left(shape) < last["seconds"] * 4.5 + 5:  # the next b, twice
                     stopped = "time budget"
                     break
                 try:
@@ -595,10 +638,36 @@ def run_synthetic(shape: str, study, names, args, budget, res) -> None:
                     stopped = f"out of memory at b {b}"
                     free_memory()
                     break
+            if best:  # the search's passes were each a first: the largest batch again
+                once = None
+                if budget.left(shape) < best["seconds"] + 5:
+                    once = "time budget"
+                else:
+                    try:
+                        best = {**measure(tr, best["batch"], mels, args.device),
+                                "first_s": best["seconds"]}
+                    except Exception as e:
+                        if not is_oom(e):
+                            raise
+                        once = "out of memory"
+                        free_memory()
+                if once:
+                    stopped += f"; b {best['batch']} measured once ({once})"
+            profile = None
+            if name in profiled:  # a batch size no pass above used: its first pass is new
+                try:
+                    profile = diagnose.profiled_passes(model, tokenizer, args.device, decoding,
+                                                       args.batch_size + 1, mels,
+                                                       args.profile_tokens, measure)
+                except Exception as e:  # the row stands without it
+                    traceback.print_exc()
+                    profile = {"error": short_error(e)}
+                    free_memory()
             res.add("synthetic", {"model": label, "entry": name, "params": n_params,
                                   "quantize_s": meta.quantize_seconds, "load_s": load_s,
                                   "mb_on_disk": meta.bytes_on_disk / MB, "base": base,
-                                  "max": best, "stopped_by": stopped}, budget)
+                                  "max": best, "stopped_by": stopped,
+                                  **({"profile": profile} if profile else {})}, budget)
             print(f"{shape} {name}: b{base['batch']} RTF {base['rtf']:.5f}, max b "
                   f"{(best or base)['batch']} ({stopped}) ({budget.elapsed():.0f} s)", flush=True)
         except Exception as e:
@@ -663,6 +732,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--base-repeats", type=int, default=1,
                    help="timed passes at --batch-size per random-weight entry (the quickest "
                         "is reported, every one kept in results.json)")
+    p.add_argument("--sdpa", default=None,
+                   help="only these attention backends (comma list of "
+                        f"{','.join(diagnose.SDPA_BACKENDS)}; random-weight shapes only)")
+    p.add_argument("--profile-entries", default=None,
+                   help="random-weight entries also run twice under torch's profiler")
+    p.add_argument("--profile-tokens", type=int, default=16,
+                   help="new tokens per utterance of the profiled passes")
     p.add_argument("--step-cap-s", type=float, default=20.0)
     p.add_argument("--budget-s", type=float, default=None, help="default 450 (quick: 240)")
     p.add_argument("--min-phase-s", type=float, default=30.0)
@@ -703,14 +779,23 @@ def check(args) -> int:
     from whisper_ptq.modeling import check_device
 
     check_device(args.device)  # one clear PipelineError without a GPU
+    study = load(args)
+    names = entry_names(study, args)
     for d in (args.out, args.work, args.scratch):
         d.mkdir(parents=True, exist_ok=True)
+    with diagnose.sdpa_allowed(diagnose.parse_sdpa(args.sdpa)):
+        run(args, study, names, shapes, budget)
+    shutil.rmtree(args.scratch, ignore_errors=True)
+    print(f"done in {budget.elapsed():.0f} s: {args.out / 'results.md'}", flush=True)
+    return 0
+
+
+def run(args, study: Study, names: list[str], shapes: list[str], budget: Budget) -> None:
+    """The phases, each row written as it comes."""
     prebuilt = kit.load_prebuilt(args.prebuilt, args.work)
     res = Results(args.out, device_header(args.device, args, prebuilt))
     print(device_line(res.data["device"]), flush=True)
     res.write(budget)
-    study = load(args)
-    names = entry_names(study, args)
     if not args.no_real:
         feats = prepare_features(args)
         real = [n for n in names if not args.real_entries or n in args.real_entries.split(",")]
@@ -718,9 +803,6 @@ def check(args) -> int:
     for shape in shapes:
         run_synthetic(shape, study, names, args, budget, res)
     res.write(budget)
-    shutil.rmtree(args.scratch, ignore_errors=True)
-    print(f"done in {budget.elapsed():.0f} s: {args.out / 'results.md'}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

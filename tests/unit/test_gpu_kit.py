@@ -237,7 +237,7 @@ def small_mirror(mini_dir: Path, dest: Path, counts: dict) -> Path:
 def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     """The check end to end on CPU: real tiny.en (fp32, and HQQ int4 with its ΔWER; fp16 is
     GPU-only), the CPU-against-device agreement, and the random-weight search (fp32, HQQ
-    int4) on a test-sized shape."""
+    int4, profiled) on a test-sized shape."""
     mirror = small_mirror(mini_dir, tmp_path / "mini", {"test-clean": 17, "test-other": 1})
     check = _module("check")
     out = tmp_path / "out"
@@ -246,7 +246,8 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
                      "--device", "cpu", "--entries", "fp32,fp16,hqq-int4-g64", "--shapes",
                      "test", "--limit", "1", "--batch-size", "2", "--max-batch", "4",
                      "--tokens", "4", "--max-batch-entries", "fp32", "--threads", "1", "--cpu-threads", "1",
-                     "--budget-s", "3000", "--real-entries", "fp32,fp16,hqq-int4-g64", "--base-repeats", "2"])
+                     "--budget-s", "3000", "--real-entries", "fp32,fp16,hqq-int4-g64", "--base-repeats", "2",
+                     "--profile-entries", "hqq-int4-g64", "--profile-tokens", "3"])
     assert rc == 0
     d = json.loads((out / "results.json").read_text())
     real = {(r["entry"], r["split"]): r for r in d["real"]}
@@ -270,6 +271,18 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     assert syn["fp32"]["base"]["batch"] == 2 and syn["fp32"]["max"]["batch"] == 4
     assert syn["fp32"]["base"]["seconds"] == min(syn["fp32"]["base"]["repeats_s"])
     assert len(syn["hqq-int4-g64"]["base"]["repeats_s"]) == 2
+    # each batch size's first pass is kept apart from the timed ones (base and largest batch)
+    assert syn["fp32"]["base"]["first_s"] > 0 and syn["fp32"]["max"]["first_s"] > 0
+    assert syn["hqq-int4-g64"]["base"]["first_s"] > 0
+    # the profiled entry: two passes at a batch no other pass used, held to --profile-tokens
+    assert "profile" not in syn["fp32"]
+    prof = syn["hqq-int4-g64"]["profile"]
+    assert (prof["batch"], prof["tokens"]) == (3, 3)
+    assert [q["pass"] for q in prof["passes"]] == ["first", "repeat"]
+    for q in prof["passes"]:
+        assert q["tokens"] == 3 * 3 and q["gpu_busy_s"] is None and q["kernels"] == []
+        assert any(o["name"].startswith("aten::") for o in q["cpu_ops"])  # HQQ's own too
+        assert q["cpu_ops"][0]["ms"] >= q["cpu_ops"][-1]["ms"] > 0
     # exactly --tokens new tokens per utterance, though random weights would stop anywhere
     assert syn["fp32"]["base"]["tokens"] == 2 * 4 and syn["fp32"]["max"]["tokens"] == 4 * 4
     assert syn["hqq-int4-g64"]["max"] is None
@@ -278,10 +291,50 @@ def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     assert md.startswith("# GPU check: no GPU: CPU dry run; torch ")
     assert "| fp32 | test-other | 1 |" in md
     assert "| test (random) | hqq-int4-g64 |" in md
+    assert "**test (random) hqq-int4-g64**, batch 3, 3 new tokens" in md
+    assert "- repeat pass " in md and "most self CPU time: aten::" in md
     assert "| tiny.en | fp16 | unsupported |" in md
     assert "test-clean: 1 of 1 hypotheses identical" in md
     assert {p.name for p in (out / "hyps").iterdir()} == {  # kept for ΔWER (merge.py)
         f"{e}.{s}.jsonl" for e, s in real}
+
+
+def test_sdpa_backends_are_restricted_for_the_run_and_restored(tmp_path, random_model_dir):
+    """--sdpa: the run's rows say which attention backends were allowed (a row under the
+    default stays apart in merge.py), the header records them, and torch's flags are put back.
+    Without the real model's table, an entry the device cannot run is listed per shape."""
+    import torch
+
+    check = _module("check")
+    before = check.diagnose.sdpa_state()["enabled"]
+    out = tmp_path / "out"
+    rc = check.main(["--model", str(random_model_dir), "--mini", str(tmp_path), "--out", str(out),
+                     "--work", str(tmp_path / "work"), "--scratch", str(tmp_path / "scratch"),
+                     "--device", "cpu", "--no-real", "--shapes", "test", "--entries", "fp32,fp16",
+                     "--batch-size", "1", "--max-batch", "1", "--tokens", "2", "--threads", "1",
+                     "--sdpa", "math", "--budget-s", "600"])
+    assert rc == 0
+    d = json.loads((out / "results.json").read_text())
+    assert d["device"]["sdpa"]["enabled"] == ["math"]
+    assert [(r["model"], r["entry"]) for r in d["synthetic"]] == [("test (random, sdpa math)", "fp32")]
+    assert [(r["model"], r["entry"], r["status"]) for r in d["not_run"]] == [
+        ("test (random, sdpa math)", "fp16", "unsupported")]
+    assert "--sdpa math" in (out / "results.md").read_text().splitlines()[2]
+    assert check.diagnose.sdpa_state()["enabled"] == before
+    assert torch.backends.cuda.flash_sdp_enabled() == ("flash" in before)
+
+
+@pytest.mark.parametrize("extra, error", [
+    (["--sdpa", "math"], "--sdpa is for the random-weight shapes: add --no-real"),
+    (["--no-real", "--sdpa", "fast"], "--sdpa 'fast': want a comma list of flash, efficient, cudnn, math"),
+    (["--profile-entries", "bf16"], "--profile-entries ['bf16'] are not among this run's entries"),
+])
+def test_a_bad_diagnosis_choice_is_one_clear_error(tmp_path, random_model_dir, extra, error):
+    check = _module("check")
+    with pytest.raises(SystemExit, match=re.escape(error)):
+        check.main(["--model", str(random_model_dir), "--mini", str(tmp_path), "--out",
+                     str(tmp_path / "out"), "--device", "cpu", "--entries", "fp32", *extra])
+    assert not (tmp_path / "out").exists()
 
 
 def test_budget_guard_still_writes_the_tables(tmp_path, random_model_dir):
