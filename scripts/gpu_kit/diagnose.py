@@ -84,8 +84,9 @@ def summarize(averages, device: str) -> dict:
 
     kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
     host = [e for e in averages if e.device_type == DeviceType.CPU]
+    # no kernel events on CUDA: the profiler had no CUPTI; None, not a GPU that idled
     return {"gpu_busy_s": (sum(e.self_device_time_total for e in kernels) / 1e6
-                           if device == "cuda" else None),
+                           if device == "cuda" and kernels else None),
             "cpu_ops": top(host, "self_cpu_time_total"),
             "kernels": top(kernels, "self_device_time_total")}
 
