@@ -67,6 +67,8 @@ class Quantizer:
     supports_parts: ClassVar[bool] = False
     # whether it can combine schemes in one model (``recipe:``; see layers())
     supports_recipe: ClassVar[bool] = False
+    # options the library applies model-wide: a recipe's items that set one must agree
+    recipe_shared: ClassVar[tuple[str, ...]] = ()
 
     # -- config ---------------------------------------------------------------------------
     def validate(self, name: str, entry: dict) -> dict:
@@ -146,6 +148,11 @@ class Quantizer:
                         f"entry {name!r}: recipe items {j} and {i} both cover {shared[0]} "
                         f"({'+'.join(items[j]['parts'])} / {'+'.join(a['parts'])}); each layer "
                         "gets one scheme")
+        for key in self.recipe_shared:
+            values = {item[key] for item in items if key in item}
+            if len(values) > 1:
+                raise PipelineError(f"entry {name!r}: recipe items must share {key!r}, "
+                                    f"not {sorted(values)}")
         out = {"library": self.library, "scheme": "recipe", "recipe": items,
                "parts": [p for item in items for p in item["parts"]]}
         return self._validate_devices(name, entry, out)

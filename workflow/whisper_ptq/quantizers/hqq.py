@@ -70,15 +70,12 @@ class HQQ(Quantizer):
                "compute_dtype": DTYPES}
     supports_parts = True
     supports_recipe = True
+    recipe_shared = ("compute_dtype",)  # one compute dtype for the whole model
 
     def validate(self, name, entry):
         out = super().validate(name, entry)
-        if "recipe" in out:  # one compute dtype for the whole model
-            dtypes = {item["compute_dtype"] for item in out["recipe"]}
-            if len(dtypes) > 1:
-                raise PipelineError(f"entry {name!r}: recipe items must share compute_dtype, "
-                                    f"not {sorted(dtypes)}")
-            out["compute_dtype"] = dtypes.pop()
+        if "recipe" in out:
+            out["compute_dtype"] = out["recipe"][0]["compute_dtype"]
             return out
         out.setdefault("axis", 1)
         out.setdefault("compute_dtype", "float32")

@@ -134,14 +134,11 @@ class Quanto(Quantizer):
                "observer": OBSERVERS}
     supports_parts = True
     supports_recipe = True
+    recipe_shared = ("observer",)  # one calibration pass for the whole model
 
     def validate(self, name, entry):
         out = super().validate(name, entry)
-        if "recipe" in out:  # one calibration pass for the whole model
-            observers = {i["observer"] for i in out["recipe"] if "observer" in i}
-            if len(observers) > 1:
-                raise PipelineError(f"entry {name!r}: recipe items must share 'observer', "
-                                    f"not {sorted(observers)}")
+        if "recipe" in out:
             return out
         if out["activations"] == "none":
             if "observer" in out:
