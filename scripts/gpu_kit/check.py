@@ -508,6 +508,13 @@ def build_random_model(shape: str, tokenizer_dir: Path, dest: Path, tokens: int,
             model.model.decoder.embed_tokens.weight[config.pad_token_id].normal_(0, 0.02)
     gen = GenerationConfig.from_pretrained(tokenizer_dir)
     gen.min_new_tokens = gen.max_new_tokens = tokens
+    # random weights emit timestamp tokens, which a real model after <|notimestamps|> does
+    # not: two in a row make Whisper's generate seek into the 30 s window and decode it again
+    # (whisper-small's shape, 16 tokens asked: 5 passes, 80 tokens). Suppressed, so one pass
+    # decodes exactly `tokens`, as speech would
+    first_timestamp = gen.no_timestamps_token_id + 1
+    gen.suppress_tokens = sorted(set(gen.suppress_tokens or ())
+                                 | set(range(first_timestamp, config.vocab_size)))
     model.generation_config = gen
     model.save_pretrained(dest)
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json",

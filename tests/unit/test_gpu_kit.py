@@ -337,6 +337,24 @@ def test_a_bad_diagnosis_choice_is_one_clear_error(tmp_path, random_model_dir, e
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # tiny.en's tokenizer; builds and decodes whisper-small's shape (~20 s)
+def test_random_weights_decode_exactly_the_tokens_asked(tmp_path, tiny_en_dir):
+    """Random weights emit timestamp tokens, and two in a row made Whisper's generate decode
+    the window again from a later seek (whisper-small's shape: 80 tokens for 16 asked). The
+    random models suppress them, so one pass decodes exactly --tokens, as speech would."""
+    from transformers import WhisperForConditionalGeneration, WhisperTokenizer
+
+    check = _module("check")
+    check.build_random_model("whisper-small", tiny_en_dir, tmp_path / "m", 16, "cpu")
+    model = WhisperForConditionalGeneration.from_pretrained(tmp_path / "m")
+    gen = model.generation_config
+    timestamps = set(range(gen.no_timestamps_token_id + 1, model.config.vocab_size))
+    assert timestamps <= set(gen.suppress_tokens)
+    tr = check.make_transcriber(model, WhisperTokenizer.from_pretrained(tmp_path / "m"), "cpu",
+                                {"batch_size": 2, "max_new_tokens": 16})
+    assert check.measure(tr, 2, 80, "cpu")["tokens"] == 2 * 16
+
+
 def test_budget_guard_still_writes_the_tables(tmp_path, random_model_dir):
     check = _module("check")
     out = tmp_path / "out"
