@@ -279,9 +279,9 @@ def markdown(d: dict) -> str:
         if once:
             lines += ["", "Timed by one pass per batch size, a first one (runs of the kit before "
                       f"it repeated them; their RTF and tok/s are of that pass): {', '.join(once)}."]
-        if loose:  # CTranslate2's Whisper.generate takes no minimum length
-            lines += ["", f"Not held to {tokens} new tokens per utterance (the runtime has no "
-                      f"minimum length; tok/s counts what it decoded): {', '.join(loose)}."]
+        if loose:
+            lines += ["", f"Not {tokens} new tokens per utterance (CTranslate2's generate has no "
+                      f"minimum length; tok/s counts what was decoded): {', '.join(loose)}."]
         lines.append("")
         profiled = [r for r in d["synthetic"] if r.get("profile")]
         if profiled:
