@@ -328,8 +328,9 @@ def test_sdpa_backends_are_restricted_for_the_run_and_restored(tmp_path, random_
     (["--sdpa", "math"], "--sdpa is for the random-weight shapes: add --no-real"),
     (["--no-real", "--sdpa", "fast"], "--sdpa 'fast': want a comma list of flash, efficient, cudnn, math"),
     (["--profile-entries", "bf16"], "--profile-entries ['bf16'] are not among this run's entries"),
+    (["--max-batch-entries", "fp32,bnb-nf5"], "unknown entries ['bnb-nf5']"),
 ])
-def test_a_bad_diagnosis_choice_is_one_clear_error(tmp_path, random_model_dir, extra, error):
+def test_a_bad_choice_of_entries_or_backends_is_one_clear_error(tmp_path, random_model_dir, extra, error):
     check = _module("check")
     with pytest.raises(SystemExit, match=re.escape(error)):
         check.main(["--model", str(random_model_dir), "--mini", str(tmp_path), "--out",
