@@ -10,8 +10,9 @@
    largest batch that fits (powers of 2 upward, with a time cap), quantize seconds; each
    batch size timed again after its first pass, which is kept beside it (new shapes cost
    once: diagnose.py, which also profiles entries and restricts attention backends). The
-   decoder is held to exactly --tokens new tokens (min_new_tokens = max_new_tokens), so
-   random weights decode as long as real speech would; each utterance is 30 s of features.
+   decoder is held to exactly --tokens new tokens (min_new_tokens = max_new_tokens, timestamp
+   tokens suppressed), so random weights decode as long as real speech would; each utterance
+   is 30 s of features.
 
 A time budget (--budget-s) is kept: work that would not fit is listed as skipped, and
 results.md / results.json in --out are rewritten after every row, so a run cut short still
