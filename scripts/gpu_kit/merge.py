@@ -42,17 +42,13 @@ def table_settings(args: dict, kind: str) -> dict:
 def merge(runs: list[dict], order: list[str], names: list[str] | None = None) -> dict:
     names = names or [f"run {i + 1}" for i in range(len(runs))]
     first = runs[0]["device"]
-    for name, run in zip(names[1:], runs[1:]):
-        for key in SAME_MACHINE:
-            if run["device"].get(key) != first.get(key):
-                raise SystemExit(f"merge: {name} has {key} {run['device'].get(key)!r}, "
-                                 f"{names[0]} {first.get(key)!r}")
-    for key in SAME_WHERE_RECORDED:
-        recorded = [(n, r["device"][key]) for n, r in zip(names, runs) if r["device"].get(key)]
-        for name, value in recorded[1:]:
-            if value != recorded[0][1]:
+    for key in SAME_MACHINE + SAME_WHERE_RECORDED:
+        told = [(n, r["device"].get(key)) for n, r in zip(names, runs)
+                if key in SAME_MACHINE or r["device"].get(key)]
+        for name, value in told[1:]:
+            if value != told[0][1]:
                 raise SystemExit(f"merge: {name} has {key} {value!r}, "
-                                 f"{recorded[0][0]} {recorded[0][1]!r}")
+                                 f"{told[0][0]} {told[0][1]!r}")
     for kind in SAME_TABLE:
         with_rows = [(n, table_settings(r["device"]["args"], kind))
                      for n, r in zip(names, runs) if r[kind]]
