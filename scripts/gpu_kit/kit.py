@@ -659,7 +659,8 @@ def plan_names() -> list[str]:
 def read_plan(name: str, limit_s: float = PLAN_LIMIT_S) -> list[tuple[str, list[str], float]]:
     """A plan: `label: check.py arguments` per line (# comments), each with its --budget-s;
     the runs' budgets and overheads must fit in limit_s. Checked before anything runs.
-    Returns (label, arguments, budget) per run."""
+    Returns (label, arguments, budget) per run: the budget out of the arguments, since the
+    kit gives each run its own (plan_budget)."""
     path = Path(name) if name.endswith(".txt") or "/" in name else PLANS / f"{name}.txt"
     if not path.is_file():
         raise KitError(f"plan {name}: no {path} (plans: {', '.join(plan_names())})")
@@ -681,10 +682,12 @@ def read_plan(name: str, limit_s: float = PLAN_LIMIT_S) -> list[tuple[str, list[
             raise KitError(f"{where}: {taken[0]} is the kit's to give")
         if "--budget-s" not in args[:-1]:
             raise KitError(f"{where}: name the run's --budget-s")
+        i = args.index("--budget-s")
         try:
-            budget = float(args[args.index("--budget-s") + 1])
+            budget = float(args[i + 1])
         except ValueError:
             raise KitError(f"{where}: --budget-s wants seconds")
+        del args[i:i + 2]
         total += budget + RUN_OVERHEAD_S
         runs.append((label, args, budget))
     if not runs:
@@ -756,7 +759,7 @@ def pack_run(run_dir: Path, dest: Path) -> Path:
 
 
 def run(a) -> int:
-    plan = read_plan(a.plan, a.limit_s) if getattr(a, "plan", None) else None
+    plan = getattr(a, "plan_runs", None)  # read and checked by main()
     root = ROOT
     manifest = load_manifest(root / MANIFEST) if (root / MANIFEST).is_file() else None
     if manifest is None:
@@ -797,8 +800,8 @@ def run(a) -> int:
                       flush=True)
                 rcs[label] = "skipped"
                 continue
-            print(f"gpu_kit: plan run {k + 1}/{len(plan)} {label}: {' '.join(args)}", flush=True)
             args += ["--budget-s", f"{budget:.0f}"]
+            print(f"gpu_kit: plan run {k + 1}/{len(plan)} {label}: {' '.join(args)}", flush=True)
             end = min(end, time.monotonic() + budget + RUN_OVERHEAD_S + GRACE_S)
         rc = run_check(cmd + args, env, run_dir, end)
         codes.append(1 if rc is None else rc)
@@ -889,8 +892,8 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv[:cut])
     a.check_args = argv[cut + 1:]
     try:
-        if getattr(a, "plan", None):  # a bad plan fails the first call, not the one that runs
-            read_plan(a.plan, a.limit_s)
+        # a bad plan fails the first call, not the one that runs
+        a.plan_runs = read_plan(a.plan, a.limit_s) if getattr(a, "plan", None) else None
         return {"prepare": prepare, "stage": stage, "run": run, "unpack": unpack}[a.cmd](a)
     except KitError as e:
         print(f"gpu_kit: error: {e}", file=sys.stderr)
