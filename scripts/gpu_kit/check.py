@@ -559,13 +559,13 @@ def run_synthetic(shape: str, study, names, args, budget, res) -> None:
 
     label = diagnose.label(shape, diagnose.parse_sdpa(args.sdpa))
     profiled = set((args.profile_entries or "").split(","))
+    reasons = {n: study.unsupported_reason(n, args.device) for n in names}
     if args.no_real:  # else the real model's table lists them, once
-        for n in names:
-            reason = study.unsupported_reason(n, args.device)
+        for n, reason in reasons.items():
             if reason:
                 res.add("not_run", {"model": label, "entry": n, "status": "unsupported",
                                     "reason": reason}, budget)
-    names = [n for n in names if not study.unsupported_reason(n, args.device)]
+    names = [n for n in names if not reasons[n]]
     if shape == "whisper-large-v3":  # slow to quantize on CPU: most telling entries first
         names = sorted(names, key=lambda n: PRIORITY.index(n) if n in PRIORITY else len(PRIORITY))
     scratch = args.scratch / shape
