@@ -154,7 +154,7 @@ def device_header(device: str, args, prebuilt: list[str] = ()) -> dict:
                                           "optimum-quanto", "hqq", "bitsandbytes", "jiwer",
                                           "whisper-normalizer", "soundfile", "ctranslate2",
                                           "torchao")},
-         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+         "args": header_args(args)}
     if device == "cuda":
         p = torch.cuda.get_device_properties(0)
         h.update(gpu=p.name, gpu_memory_mib=p.total_memory // MB,
@@ -167,6 +167,14 @@ def device_header(device: str, args, prebuilt: list[str] = ()) -> dict:
         except (OSError, subprocess.SubprocessError):
             h["driver"] = None
     return h
+
+
+def header_args(args) -> dict:
+    """The run's arguments as results.json keeps them: paths and name lists as written."""
+    def text(v):
+        return str(v) if isinstance(v, Path) else ",".join(v) if isinstance(v, list) else v
+
+    return {k: text(v) for k, v in vars(args).items()}
 
 
 def device_line(h: dict) -> str:
@@ -300,32 +308,37 @@ def load(args) -> Study:
     return load_study(REPO / "config.yaml", overrides)  # without Snakemake: schema defaults
 
 
+def name_list(text: str) -> list[str]:
+    """A comma list of entries or shapes as given on the command line (blanks dropped)."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def entry_names(study: Study, args) -> list[str]:
     """The entries a run measures, in config order; its other choices checked against them."""
     order = study.entry_order() if hasattr(study, "entry_order") else list(study.entries)
 
-    def listed(text: str) -> list[str]:
-        names = [n.strip() for n in text.split(",") if n.strip()]
+    def listed(names: list[str]) -> list[str]:
         unknown = [n for n in names if n not in study.entries]
         if unknown:
             raise SystemExit(f"check: unknown entries {unknown}; known: {list(study.entries)}")
         return names
 
-    skip = listed(args.skip_entries or "")
-    if args.max_batch_entries != "all":
-        listed(args.max_batch_entries)
+    skip = listed(args.skip_entries or [])
+    listed(args.max_batch_entries or [])
     wanted = args.entries or (QUICK_ENTRIES if args.quick else None)
     if wanted == "runtimes":
         order = [n for n in order if n == "fp32" or study.entries[n]["library"] in RUNTIMES]
     elif wanted:
-        names = listed(wanted)
+        names = listed(name_list(wanted))
         order = [n for n in order if n in names]
     names = [n for n in order if n not in skip]
     # the run's other choices, checked against its entries
-    stray = [n for n in (args.profile_entries or "").split(",") if n and n not in names]
-    if stray:
-        raise SystemExit(f"check: --profile-entries {stray} are not among this run's entries")
-    if diagnose.parse_sdpa(args.sdpa) is not None and not args.no_real:
+    for option in ("real_entries", "profile_entries"):
+        stray = [n for n in getattr(args, option) or [] if n not in names]
+        if stray:
+            raise SystemExit(f"check: --{option.replace('_', '-')} {stray} are not among "
+                             "this run's entries")
+    if args.sdpa is not None and not args.no_real:
         # real rows carry no backend in their key: they would pass for the default's
         raise SystemExit("check: --sdpa is for the random-weight shapes: add --no-real")
     return names
@@ -557,8 +570,8 @@ def is_oom(e: BaseException) -> bool:
 def run_synthetic(shape: str, study, names, args, budget, res) -> None:
     from transformers import WhisperTokenizer
 
-    label = diagnose.label(shape, diagnose.parse_sdpa(args.sdpa))
-    profiled = set((args.profile_entries or "").split(","))
+    label = diagnose.label(shape, args.sdpa)
+    profiled = set(args.profile_entries or [])
     reasons = {n: study.unsupported_reason(n, args.device) for n in names}
     if args.no_real:  # else the real model's table lists them, once
         for n, reason in reasons.items():
@@ -593,7 +606,7 @@ def run_synthetic(shape: str, study, names, args, budget, res) -> None:
     # times longer): a searched one must not keep the quicker ones from the time left
     slowest = {True: 0.0, False: 0.0}
     for name in names:
-        searched = args.max_batch_entries == "all" or name in args.max_batch_entries.split(",")
+        searched = args.max_batch_entries is None or name in args.max_batch_entries
         # an entry of the large model can take a minute before its first measurement
         floor = args.min_entry_s * (4 if shape == "whisper-large-v3" else 1)
         if budget.left(shape) < max(floor, 1.3 * slowest[searched]):
@@ -730,25 +743,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", default=None,
                    help=f"random-weight shapes (default {DEFAULT_SHAPES}; "
                         "quick: whisper-small); 'none' for none")
-    p.add_argument("--skip-entries", default=None,
+    p.add_argument("--skip-entries", default=None, type=name_list,
                    help="comma-separated entries left out (e.g. those that need a kernel build)")
     p.add_argument("--no-real", action="store_true", help="skip the real model")
-    p.add_argument("--real-entries", default=None,
+    p.add_argument("--real-entries", default=None, type=name_list,
                    help="subset of --entries for the real model (default: all of them)")
     p.add_argument("--no-agreement", action="store_true")
     p.add_argument("--limit", type=int, default=None, help="utterances per split (real model)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--max-batch-entries", default=",".join(MAX_BATCH_ENTRIES),
-                   help="entries whose largest batch is searched ('all' for every entry)")
+                   type=lambda text: None if text.strip() == "all" else name_list(text),
+                   help="entries whose largest batch is searched ('all': every entry)")
     p.add_argument("--tokens", type=int, default=128, help="new tokens per utterance (random)")
     p.add_argument("--base-repeats", type=int, default=1,
                    help="timed passes at --batch-size per random-weight entry (the quickest "
                         "is reported, every one kept in results.json)")
-    p.add_argument("--sdpa", default=None,
+    p.add_argument("--sdpa", default=None, type=diagnose.parse_sdpa,
                    help="only these attention backends (comma list of "
                         f"{','.join(diagnose.SDPA_BACKENDS)}; random-weight shapes only)")
-    p.add_argument("--profile-entries", default=None,
+    p.add_argument("--profile-entries", default=None, type=name_list,
                    help="random-weight entries also run twice under torch's profiler")
     p.add_argument("--profile-tokens", type=int, default=16,
                    help="new tokens per utterance of the profiled passes")
@@ -777,7 +791,7 @@ def check(args) -> int:
         args.budget_s = 240.0 if args.quick else 450.0
     if args.shapes is None:
         args.shapes = "whisper-small" if args.quick else DEFAULT_SHAPES
-    shapes = [] if args.shapes == "none" else [s.strip() for s in args.shapes.split(",")]
+    shapes = [] if args.shapes == "none" else name_list(args.shapes)
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         raise SystemExit(f"check: unknown shapes {unknown}; known: {list(SHAPES)}")
@@ -796,7 +810,7 @@ def check(args) -> int:
     names = entry_names(study, args)
     for d in (args.out, args.work, args.scratch):
         d.mkdir(parents=True, exist_ok=True)
-    with diagnose.sdpa_allowed(diagnose.parse_sdpa(args.sdpa)):
+    with diagnose.sdpa_allowed(args.sdpa):
         run(args, study, names, shapes, budget)
     shutil.rmtree(args.scratch, ignore_errors=True)
     print(f"done in {budget.elapsed():.0f} s: {args.out / 'results.md'}", flush=True)
@@ -811,7 +825,7 @@ def run(args, study: Study, names: list[str], shapes: list[str], budget: Budget)
     res.write(budget)
     if not args.no_real:
         feats = prepare_features(args)
-        real = [n for n in names if not args.real_entries or n in args.real_entries.split(",")]
+        real = [n for n in names if not args.real_entries or n in args.real_entries]
         run_real(study, real, feats, args, budget, res)
     for shape in shapes:
         run_synthetic(shape, study, names, args, budget, res)

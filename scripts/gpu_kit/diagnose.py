@@ -21,10 +21,8 @@ _TORCH_NAME = {"flash": "flash", "efficient": "mem_efficient", "cudnn": "cudnn",
 TOP = 6  # operators and kernels kept per pass
 
 
-def parse_sdpa(text: str | None) -> list[str] | None:
-    """``--sdpa``'s comma list, checked; None leaves torch's default."""
-    if text is None:
-        return None
+def parse_sdpa(text: str) -> list[str]:
+    """``--sdpa``'s comma list, checked (check.py's argument type; absent: torch's default)."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in SDPA_BACKENDS]
     if unknown or not names:

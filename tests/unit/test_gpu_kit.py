@@ -328,6 +328,7 @@ def test_sdpa_backends_are_restricted_for_the_run_and_restored(tmp_path, random_
     (["--sdpa", "math"], "--sdpa is for the random-weight shapes: add --no-real"),
     (["--no-real", "--sdpa", "fast"], "--sdpa 'fast': want a comma list of flash, efficient, cudnn, math"),
     (["--profile-entries", "bf16"], "--profile-entries ['bf16'] are not among this run's entries"),
+    (["--real-entries", "fp32,fp16"], "--real-entries ['fp16'] are not among this run's entries"),
     (["--max-batch-entries", "fp32,bnb-nf5"], "unknown entries ['bnb-nf5']"),
 ])
 def test_a_bad_choice_of_entries_or_backends_is_one_clear_error(tmp_path, random_model_dir, extra, error):
@@ -651,10 +652,8 @@ def test_every_plan_fits_one_command_and_names_real_entries(random_model_dir):
     for plan in plans:
         for label, run_args, _ in kit.read_plan(plan.stem):
             a = check.parser().parse_args(["--model", ".", "--mini", ".", "--out", ".", *run_args])
-            names = check.entry_names(study, a)  # SystemExit on an unknown entry
-            if a.real_entries:
-                assert set(a.real_entries.split(",")) <= set(names), label
-            assert a.shapes in (None, "none") or set(a.shapes.split(",")) <= set(check.SHAPES)
+            check.entry_names(study, a)  # SystemExit on an unknown or stray entry
+            assert a.shapes in (None, "none") or set(check.name_list(a.shapes)) <= set(check.SHAPES)
 
 
 @pytest.mark.parametrize("text, error", [
@@ -771,5 +770,5 @@ def test_skip_entries_leaves_those_out_of_any_selection(random_model_dir):
         "fp32", "bnb-nf4"]
     with pytest.raises(SystemExit, match="unknown entries \\['quanto-int5'\\]"):
         names("--skip-entries", "quanto-int5")
-    args = vars(check.parser().parse_args(base + ["--skip-entries", "quanto-int4"]))
-    assert check.run_scope(args) == " (--skip-entries quanto-int4)"
+    args = check.parser().parse_args(base + ["--skip-entries", "quanto-int4"])
+    assert check.run_scope(check.header_args(args)) == " (--skip-entries quanto-int4)"
