@@ -40,3 +40,20 @@ def test_runtimes_pairs_each_repeat_with_fp32_in_rotated_order(random_model_dir,
     assert set(d["untimed"]) == {"torchao-int4wo"}
     assert d["untimed"]["torchao-int4wo"]["bytes_on_disk"] > 0
     assert not out.with_suffix(".partial.json").exists()
+
+
+def test_calibration_pairs_both_orders_in_each_repeat(random_model_dir, fake_mirror, tmp_path,
+                                                      monkeypatch):
+    calibration = _import("calibration")
+    monkeypatch.setattr(calibration.qq, "CALIBRATION_MAX_TOKENS", 2)
+    out = tmp_path / "calibration.json"
+    calibration.main(["--model", str(random_model_dir), "--archive",
+                      str(fake_mirror / "test-clean.tar.gz"), "--utterances", "3",
+                      "--batch-size", "2", "--repeats", "2", "--threads", "1", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert d["utterances"] == 3 and d["max_new_tokens"] == 2
+    assert [r["order"] for r in d["repeats"]] == [["quanto_order", "frozen_first"],
+                                                 ["frozen_first", "quanto_order"]]
+    assert all(r["same_model"] for r in d["repeats"])
+    assert d["ratio_quanto_order_over_frozen_first"] == [
+        q / f for q, f in zip(d["samples"]["quanto_order"], d["samples"]["frozen_first"])]

@@ -1,6 +1,8 @@
 """Optimum-Quanto module: weight-only and static-activation schemes (tiny random model)."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +10,10 @@ from quant_roundtrip import assert_same_outputs, fp32_logits, roundtrip
 
 from whisper_ptq import PipelineError
 from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
+from whisper_ptq.modeling import load_fp32
 from whisper_ptq.quantizers import get
 
+REPO = Path(__file__).resolve().parents[2]
 CALIB = [torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))]
 
 
@@ -112,3 +116,26 @@ def test_observer_is_a_static_option():
         q.validate("w", {"library": "quanto", "scheme": "int8", "observer": "minmax"})
     with pytest.raises(PipelineError, match="observer=.*invalid"):
         q.validate("s", {"library": "quanto", "scheme": "int8-a8-static", "observer": "ema"})
+
+
+
+@pytest.mark.parametrize("scheme, observer", [("int8-a8-static", "minmax"),
+                                              ("int8-a8-static", "moving-average"),
+                                              ("float8-afp8-static", "minmax")])
+def test_calibrating_the_frozen_model_gives_the_model_of_quanto_s_own_order(
+        random_model_dir, scheme, observer, short_calibration):
+    """The module freezes before calibrating (each forward of an unfrozen layer quantizes its
+    weight anew); quanto's examples calibrate first (benchmarks/calibration.py times both)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from calibration import calibrated, same
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+    q = get("quanto")
+    entry = q.validate("s", {"library": "quanto", "scheme": scheme, "observer": observer})
+    ours = q.quantize(load_fp32(random_model_dir), entry, calibration=CALIB).model.state_dict()
+    theirs, _ = calibrated(random_model_dir, entry, CALIB, "quanto_order")
+    scales = [k for k in ours if k.endswith(("input_scale", "output_scale"))]
+    assert scales and any(float(ours[k].max()) != 1.0 for k in scales)  # calibrated, not defaults
+    assert same(ours, theirs)

@@ -200,9 +200,11 @@ class Quanto(Quantizer):
                 rest = [n for n in names if n not in act_names]
                 if rest:
                     quantize(model, weights=weights, include=rest)
+            # frozen first (quanto's examples calibrate, then freeze): an unfrozen layer
+            # quantizes its weight again on every forward; the scales come out the same
+            freeze(model)
             if self.needs_calibration(entry):
                 _calibrate(model, calibration, _observer(entry))
-            freeze(model)
         return Quantized(model)
 
     def save(self, model, entry, out_dir):
