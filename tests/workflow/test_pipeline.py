@@ -24,8 +24,10 @@ def snakemake(workdir, *args, config=()):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_en_dir, mini_dir):
     workdir = tmp_path_factory.mktemp("pipeline")
+    # threads=1: two jobs share the two cores (each job's start-up is one thread's work);
+    # threads=2 ran every transcribe job alone and took ~1.8x as long
     config = [f"model={tiny_en_dir}", f"librispeech_url={mini_dir.as_uri()}", "devices=cpu",
-              f"limit={LIMIT}", "threads=2", "only=fp32,torch-int8-dyn"]
+              f"limit={LIMIT}", "threads=1", "only=fp32,torch-int8-dyn"]
     proc = snakemake(workdir, "--cores", "2", config=config)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return workdir, config
