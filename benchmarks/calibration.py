@@ -6,7 +6,8 @@ layer's weight again. Both arms here quantize the same fp32 model with the same 
 run the module's calibration (``_calibrate``) on the same real utterances; only the place of
 ``freeze`` differs. Per repeat (alternating which arm goes first): each arm's calibration
 seconds, the paired ratio (quanto's order / frozen first), /proc/loadavg before it; and
-whether the two models' activation scales and weights are equal.
+whether the two models are the same: activation scales, weights, and the layers whose
+outputs calibration left float (saved beside the checkpoint, not in its state dict).
 
     python benchmarks/calibration.py --model ~/.cache/whisper-hf/tiny.en \\
         --archive ../shared/data/librispeech-mini/test-clean.tar.gz --utterances 8 --repeats 5
@@ -36,8 +37,8 @@ from whisper_ptq.quantizers import quanto as qq  # noqa: E402
 ARMS = ("quanto_order", "frozen_first")
 
 
-def calibrated(model_dir: Path, entry: dict, batches, arm: str) -> tuple[dict, float]:
-    """(state dict, calibration seconds) of the entry calibrated in the arm's order."""
+def calibrated(model_dir: Path, entry: dict, batches, arm: str):
+    """(model, calibration seconds) of the entry calibrated in the arm's order."""
     import optimum.quanto as oq
 
     scheme = get("quanto").schemes[entry["scheme"]]
@@ -55,12 +56,15 @@ def calibrated(model_dir: Path, entry: dict, batches, arm: str) -> tuple[dict, f
         if arm == "quanto_order":
             oq.freeze(model)
         seconds = time.perf_counter() - t0
-    return model.state_dict(), seconds
+    return model, seconds
 
 
-def same(a: dict, b: dict) -> bool:
+def same(a, b) -> bool:
+    """Whether two quantized models are the same, as their checkpoints would say."""
     plain = lambda t: t.dequantize() if hasattr(t, "dequantize") else t  # noqa: E731
-    return list(a) == list(b) and all(torch.equal(plain(a[k]), plain(b[k])) for k in a)
+    sa, sb = a.state_dict(), b.state_dict()
+    return (list(sa) == list(sb) and all(torch.equal(plain(sa[k]), plain(sb[k])) for k in sa)
+            and qq._float_outputs(a) == qq._float_outputs(b))
 
 
 def main(argv=None):
@@ -82,11 +86,12 @@ def main(argv=None):
     for r in range(a.repeats):
         order = list(ARMS) if r % 2 == 0 else list(ARMS)[::-1]
         repeats.append({"order": order, "loadavg": loadavg()})
-        states = {}
+        models = {}
         for arm in order:
-            states[arm], seconds = calibrated(a.model, entry, batches, arm)
+            models[arm], seconds = calibrated(a.model, entry, batches, arm)
             samples[arm].append(seconds)
-        repeats[-1]["same_model"] = same(*(states[arm] for arm in ARMS))
+        repeats[-1]["same_model"] = same(*(models[arm] for arm in ARMS))
+        del models
     ratios = [q / f for q, f in zip(samples["quanto_order"], samples["frozen_first"])]
     result = {
         "model": a.model.name, "scheme": a.scheme, "observer": entry["observer"],
