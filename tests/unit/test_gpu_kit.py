@@ -233,12 +233,12 @@ def small_mirror(mini_dir: Path, dest: Path, counts: dict) -> Path:
     return dest
 
 
-@pytest.mark.slow  # real tiny.en on real audio, on CPU (~1 min on 2 busy cores)
+@pytest.mark.slow  # real tiny.en on real audio, on CPU
 def test_check_dry_run_on_cpu(tmp_path, tiny_en_dir, mini_dir):
     """The check end to end on CPU: real tiny.en (fp32, and quanto int8 with its ΔWER; fp16
     is GPU-only), the CPU-against-device agreement, and the random-weight search (fp32,
     quanto int8, profiled) on a test-sized shape. (Quanto int8: the quickest entry to
-    quantize that runs on both devices; HQQ's solver took 40 of this test's 55 s.)"""
+    quantize that runs on both devices; HQQ's solver took most of this test's time.)"""
     mirror = small_mirror(mini_dir, tmp_path / "mini", {"test-clean": 17, "test-other": 1})
     check = _module("check")
     out = tmp_path / "out"
