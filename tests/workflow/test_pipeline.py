@@ -25,7 +25,7 @@ def snakemake(workdir, *args, config=()):
 def run(tmp_path_factory, tiny_en_dir, mini_dir):
     workdir = tmp_path_factory.mktemp("pipeline")
     # threads=1: two jobs share the two cores (each job's start-up is one thread's work);
-    # threads=2 ran every transcribe job alone and took ~1.8x as long
+    # with threads=2 the transcribe jobs ran one at a time
     config = [f"model={tiny_en_dir}", f"librispeech_url={mini_dir.as_uri()}", "devices=cpu",
               f"limit={LIMIT}", "threads=1", "only=fp32,torch-int8-dyn"]
     proc = snakemake(workdir, "--cores", "2", config=config)
