@@ -41,18 +41,14 @@ def calibrated(model_dir: Path, entry: dict, batches, arm: str):
     """(model, calibration seconds) of the entry calibrated in the arm's order."""
     import optimum.quanto as oq
 
-    scheme = get("quanto").schemes[entry["scheme"]]
-    weights = getattr(oq, qq.WEIGHT_TYPES[scheme["weights"]][0])
-    acts = getattr(oq, qq.ACT_TYPES[scheme["activations"]][0])
     model = load_fp32(model_dir).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        oq.quantize(model, weights=weights, activations=acts, exclude=qq.FLOAT_ACT_LAYER)
-        oq.quantize(model, weights=weights, include=qq.FLOAT_ACT_LAYER)
+        get("quanto").quantize_layers(model, entry)
         t0 = time.perf_counter()
         if arm == "frozen_first":
             oq.freeze(model)
-        qq._calibrate(model, batches, entry["observer"])
+        qq._calibrate(model, batches, qq._observer(entry))
         if arm == "quanto_order":
             oq.freeze(model)
         seconds = time.perf_counter() - t0

@@ -179,33 +179,40 @@ class Quanto(Quantizer):
         )
 
     def quantize(self, model, entry, calibration=None):
-        from optimum.quanto import freeze, quantize
+        from optimum.quanto import freeze
 
         model = model.float().cpu().eval()
         if self.needs_calibration(entry) and not calibration:
             raise PipelineError("quanto static activations need calibration batches")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for item, names in self.layers(model, entry):
-                weights = _qtype(WEIGHT_TYPES[item["weights"]][0])
-                acts = _qtype(ACT_TYPES[item["activations"]][0])
-                if acts and not item.get("parts"):
-                    # the whole model, as quanto does it: layer norms get static outputs too
-                    quantize(model, weights=weights, activations=acts, exclude=FLOAT_ACT_LAYER)
-                    quantize(model, weights=weights, include=FLOAT_ACT_LAYER)
-                    continue
-                act_names = [n for n in names if n != FLOAT_ACT_LAYER] if acts else []
-                if act_names:  # parts: their nn.Linear layers only
-                    quantize(model, weights=weights, activations=acts, include=act_names)
-                rest = [n for n in names if n not in act_names]
-                if rest:
-                    quantize(model, weights=weights, include=rest)
+            self.quantize_layers(model, entry)
             # frozen first (quanto's examples calibrate, then freeze): an unfrozen layer
-            # quantizes its weight again on every forward; the scales come out the same
+            # quantizes its weight again on every forward; the calibrated model comes out the
+            # same (tests/unit/test_quant_quanto.py, benchmarks/calibration.py)
             freeze(model)
             if self.needs_calibration(entry):
                 _calibrate(model, calibration, _observer(entry))
         return Quantized(model)
+
+    def quantize_layers(self, model, entry) -> None:
+        """Turn the entry's layers into quanto's, in place: neither frozen nor calibrated."""
+        from optimum.quanto import quantize
+
+        for item, names in self.layers(model, entry):
+            weights = _qtype(WEIGHT_TYPES[item["weights"]][0])
+            acts = _qtype(ACT_TYPES[item["activations"]][0])
+            if acts and not item.get("parts"):
+                # the whole model, as quanto does it: layer norms get static outputs too
+                quantize(model, weights=weights, activations=acts, exclude=FLOAT_ACT_LAYER)
+                quantize(model, weights=weights, include=FLOAT_ACT_LAYER)
+                continue
+            act_names = [n for n in names if n != FLOAT_ACT_LAYER] if acts else []
+            if act_names:  # parts: their nn.Linear layers only
+                quantize(model, weights=weights, activations=acts, include=act_names)
+            rest = [n for n in names if n not in act_names]
+            if rest:
+                quantize(model, weights=weights, include=rest)
 
     def save(self, model, entry, out_dir):
         from optimum.quanto import quantization_map
