@@ -208,9 +208,14 @@ def test_mismatched_utterances_are_a_clear_error(tmp_path):
     assert not outputs(tmp_path)["out_csv"].exists()  # nothing half-written
 
 
-def test_hallucinations_are_counted(tmp_path):
+@pytest.mark.parametrize("other_errors, noted", [(11, True), (13, False)])
+def test_hallucinations_are_counted_and_noted_where_they_hold_most_errors(tmp_path, other_errors,
+                                                                           noted):
+    """4 of 40 hypotheses twice the reference's length, with 3 word errors each (12 in all):
+    counted, and named under Table 1 when they hold at least half of the split's errors."""
+    errors = [3] * 4 + [1] * other_errors + [0] * (36 - other_errors)
     scores = study()
-    scores[2] = make_score("base", "cpu", "int8", "test-clean", [0] * 40, size=70.0,
+    scores[2] = make_score("base", "cpu", "int8", "test-clean", errors, size=70.0,
                            hyp=lambda i: " ".join(["w"] * (40 if i < 4 else 20)))
     scores[0] = make_score("base", "cpu", "fp32", "test-clean", [0] * 40)
     out = outputs(tmp_path)
@@ -218,6 +223,10 @@ def test_hallucinations_are_counted(tmp_path):
     r = next(r for r in read_csv(out["out_csv"])
              if (r["entry"], r["split"]) == ("int8", "test-clean"))
     assert int(r["hallucinations"]) == 4 and float(r["hallucination_rate"]) == 10.0
+    assert int(r["hallucination_errors"]) == 12
+    note = (f"- int8 on test-clean: 4 hallucinated hypotheses hold 12 of its {12 + other_errors} "
+            "word errors")
+    assert (note in out["out_md"].read_text()) == noted
 
 
 def test_pareto_front():

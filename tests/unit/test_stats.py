@@ -162,6 +162,7 @@ def test_entry_stats_on_real_scoring_output():
     assert st["dwer"] == pytest.approx(bad["wer"])
     assert st["no_regression"] == pytest.approx(100 / 3)
     assert st["hallucinations"] == 1  # the loop; the shortened one is not a hallucination
+    assert st["hallucination_errors"] == 9  # the loop alone: 5 substitutions + 4 insertions
 
 
 def test_split_difference_is_unpaired_and_needs_disjoint_speakers():

@@ -267,15 +267,21 @@ def edit_totals(score: Scored, unit: str = "words") -> dict:
             for k in ("substitutions", "deletions", "insertions", "n")}
 
 
+HALLUCINATION_FIELDS = ("hallucinations", "hallucination_rate", "hallucination_errors")
+
+
 def hallucination_stats(score: Scored, **kw) -> dict:
-    flags = [hallucination(u["ref_norm"], u["hyp_norm"], **kw) for u in utterances(score)]
+    utts = utterances(score)
+    flags = [hallucination(u["ref_norm"], u["hyp_norm"], **kw) for u in utts]
     n = len(flags)
     return {
         "hallucinations": sum(f.flagged for f in flags),
         "hallucination_rate": 100.0 * sum(f.flagged for f in flags) / n if n else float("nan"),
+        # word errors inside the flagged hypotheses: one loop can hold most of an entry's errors
+        "hallucination_errors": sum(_errors(u["words"]) for u, f in zip(utts, flags) if f.flagged),
         "too_long": sum(f.too_long for f in flags),
         "loops": sum(f.loop for f in flags),
-        "hallucinated_ids": [u["id"] for u, f in zip(utterances(score), flags) if f.flagged],
+        "hallucinated_ids": [u["id"] for u, f in zip(utts, flags) if f.flagged],
     }
 
 
@@ -305,7 +311,7 @@ def entry_stats(base: Scored, score: Scored, *, n_resamples=DEFAULT_RESAMPLES, s
         "no_regression": no_regression_rate(pairs),
         "sub": tot["substitutions"], "del": tot["deletions"], "ins": tot["insertions"],
         "ref_words": tot["n"],
-        "hallucinations": hal["hallucinations"], "hallucination_rate": hal["hallucination_rate"],
+        **{k: hal[k] for k in HALLUCINATION_FIELDS},
         "speakers": dw.n_speakers, "bootstrap_resamples": n_resamples, "bootstrap_seed": seed,
         "ci_level": 100 * (1 - alpha),
     }
@@ -314,5 +320,6 @@ def entry_stats(base: Scored, score: Scored, *, n_resamples=DEFAULT_RESAMPLES, s
 __all__ = [
     "Interval", "Hallucination", "pair", "paired_delta", "paired_delta_pairs", "rate_interval",
     "split_difference", "repeated_ngram", "hallucination", "hallucination_stats",
+    "HALLUCINATION_FIELDS",
     "no_regression_rate", "entry_stats", "edit_totals", "speaker_weights",
 ]

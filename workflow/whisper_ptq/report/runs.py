@@ -14,8 +14,8 @@ from .. import PipelineError
 from ..io import atomic_path
 from ..noise import parse_split
 from ..records import Score
-from ..stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, edit_totals, entry_stats,
-                     hallucination_stats, rate_interval, split_difference)
+from ..stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, HALLUCINATION_FIELDS, edit_totals,
+                     entry_stats, hallucination_stats, rate_interval, split_difference)
 
 BASELINE = "fp32"
 CLEAN, OTHER = "test-clean", "test-other"
@@ -26,8 +26,8 @@ CSV_FIELDS = [
     "size_reduction", "linear_size_reduction", "bytes_on_disk", "fp32_bytes_on_disk",
     # against the fp32 baseline of the same model/device/split (paired speaker bootstrap)
     "dwer", "dwer_lo", "dwer_hi", "dwer_significant", "dcer", "dcer_lo", "dcer_hi",
-    "dcer_significant", "no_regression", "sub", "del", "ins", "ref_words", "hallucinations",
-    "hallucination_rate", "speakers", "bootstrap_resamples", "bootstrap_seed", "ci_level",
+    "dcer_significant", "no_regression", "sub", "del", "ins", "ref_words", *HALLUCINATION_FIELDS,
+    "speakers", "bootstrap_resamples", "bootstrap_seed", "ci_level",
     # speaker-bootstrap interval of this run's own WER (noise figure)
     "wer_lo", "wer_hi",
     # WER test-other − test-clean of this model/device/entry with its unpaired speaker-bootstrap
@@ -108,7 +108,7 @@ def add_statistics(rows: list[dict], scores: dict, *, n_resamples=DEFAULT_RESAMP
         base = scores.get((r["model"], r["device"], BASELINE, r["split"]))
         if base is None:
             hal = hallucination_stats(score)
-            r.update({k: hal[k] for k in ("hallucinations", "hallucination_rate")})
+            r.update({k: hal[k] for k in HALLUCINATION_FIELDS})
             tot = edit_totals(score)
             r.update({"sub": tot["substitutions"], "del": tot["deletions"],
                       "ins": tot["insertions"], "ref_words": tot["n"]})

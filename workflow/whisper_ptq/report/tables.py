@@ -88,6 +88,23 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join([lines[0], "|" + "---|" * frame.shape[1], *lines[1:]])
 
 
+def hallucination_notes(df: pd.DataFrame) -> list[str]:
+    """One line per plain-split row whose flagged hypotheses (``stats.hallucination``) hold at
+    least half of its word errors: there a handful of loops, not the whole split, make the
+    WER, and ΔWER's interval is wide for that reason."""
+    rows = plain(df)
+    errors = rows["sub"] + rows["del"] + rows["ins"]
+    held = rows[(rows["status"] == "ok") & (rows["hallucination_errors"] > 0)
+                & (2 * rows["hallucination_errors"] >= errors)]
+    where = lambda r: "/".join(  # noqa: E731  model and device only where the table has several
+        [r.entry] + [r.model] * (df["model"].nunique() > 1) + [r.device] * (df["device"].nunique() > 1))
+    flagged = lambda n: ("1 hallucinated hypothesis holds" if n == 1  # noqa: E731
+                         else f"{n:.0f} hallucinated hypotheses hold")
+    return [f"{where(r)} on {r.split}: {flagged(r.hallucinations)} {r.hallucination_errors:.0f} "
+            f"of its {e:.0f} word errors (a loop, or over 1.5× the reference's length)."
+            for r, e in zip(held.itertuples(index=False), errors[held.index])]
+
+
 def markdown_table(df: pd.DataFrame, notes=()) -> str:
     _, wide = cells(df)
     lines = []
@@ -98,7 +115,7 @@ def markdown_table(df: pd.DataFrame, notes=()) -> str:
     if models:
         lines += ["### Models compared", "", models, ""]
     lines.append(legend(df))
-    lines += [f"- {n}" for n in notes]
+    lines += [f"- {n}" for n in [*hallucination_notes(df), *notes]]
     return "\n".join(lines) + "\n"
 
 
