@@ -80,6 +80,11 @@ WILDCARDS = {"model": "m", "entry": "q8", "device": "cpu", "split": "test-clean"
              "shard": "1", "nshards": "3"}
 
 
+def rule_spec(study, rule):
+    """The spec as the step receives it: the rule's params JSON, parsed."""
+    return json.loads(steps.rule_params(study, rule)["spec"](WILDCARDS))
+
+
 def all_specs(study):
     return {rule: steps.spec(study, rule, WILDCARDS) for rule in RULES}
 
@@ -109,6 +114,17 @@ def test_specs_change_exactly_where_a_result_would(study):
     assert one["shard_size"] == steps.spec(study(shard_size=9), "transcribe",
                                            {**WILDCARDS, "shard": "0", "nshards": "1"})["shard_size"]
     assert "threads" not in base["report"]["config"] and base["report"]["config"]["limit"] is None
+
+
+def test_the_recorded_config_keeps_the_entries_order(study):
+    """The report's spec reaches the step as sorted JSON; the config.yaml it records beside the
+    report lists the entries in the run's order again, which is Table 1's."""
+    entries = {name: {"library": "fp", "scheme": "fp32"} for name in ("fp32", "z", "b")}
+    sent = rule_spec(study(entries=entries), "report")
+    assert list(sent["config"]["entries"]) == ["b", "fp32", "z"]  # what the step receives
+    recorded = steps.recorded_config(sent)
+    assert list(recorded["entries"]) == ["fp32", "z", "b"]
+    assert recorded == sent["config"]
 
 
 def test_paths_round_trip_through_the_command_line():

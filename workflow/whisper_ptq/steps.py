@@ -234,8 +234,18 @@ def report(spec, input, output, threads):
                  main_png=output["dwer"], summary=output["summary"])
     # the run's config, for `snakemake --report ... --configfile <it>`
     with atomic_path(output["config"]) as tmp:
-        tmp.write_text(yaml.safe_dump(spec["config"], sort_keys=False))
+        tmp.write_text(yaml.safe_dump(recorded_config(spec), sort_keys=False))
     print(f"report: {len(rows)} rows")
+
+
+def recorded_config(spec) -> dict:
+    """The report spec's config with its entries in the run's order (``spec["order"]``):
+    the spec arrives as sorted JSON (``rule_params``), and a run from the recorded config
+    lists Table 1's rows in its entries' order."""
+    entries, order = spec["config"].get("entries") or {}, spec["order"]
+    rank = {name: i for i, name in enumerate(order)}
+    return {**spec["config"],
+            "entries": {n: entries[n] for n in sorted(entries, key=lambda n: rank.get(n, len(order)))}}
 
 
 STEPS = {f.__name__: f for f in (download, model, features, quantize, transcribe, score, report)}
