@@ -218,15 +218,16 @@ def test_hallucinations_are_counted_and_noted_where_they_hold_most_errors(tmp_pa
     scores[2] = make_score("base", "cpu", "int8", "test-clean", errors, size=70.0,
                            hyp=lambda i: " ".join(["w"] * (40 if i < 4 else 20)))
     scores[0] = make_score("base", "cpu", "fp32", "test-clean", [0] * 40)
-    out = outputs(tmp_path)
-    report.build(write_scores(tmp_path, scores), [], **out, n_resamples=50)
+    out, summary = outputs(tmp_path), tmp_path / "summary.txt"
+    report.build(write_scores(tmp_path, scores), [], **out, n_resamples=50, summary=summary)
     r = next(r for r in read_csv(out["out_csv"])
              if (r["entry"], r["split"]) == ("int8", "test-clean"))
     assert int(r["hallucinations"]) == 4 and float(r["hallucination_rate"]) == 10.0
     assert int(r["hallucination_errors"]) == 12
-    note = (f"- int8 on test-clean: 4 hallucinated hypotheses hold 12 of its {12 + other_errors} "
+    note = (f"int8 on test-clean: 4 hallucinated hypotheses hold 12 of its {12 + other_errors} "
             "word errors")
-    assert (note in out["out_md"].read_text()) == noted
+    assert (f"\n- {note}" in out["out_md"].read_text()) == noted  # under Table 1
+    assert (f"\nnote: {note}" in summary.read_text()) == noted  # and in the terminal
 
 
 def test_pareto_front():

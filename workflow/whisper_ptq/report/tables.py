@@ -195,7 +195,7 @@ def sweep_markdown(df: pd.DataFrame, sweep_entry: str, matrix) -> str:
 
 def summary(df: pd.DataFrame) -> str:
     """Compact Table 1 for the terminal: per model/device, entry × split WER and ΔWER
-    [interval], pooled RTF, size reduction."""
+    [interval], pooled RTF, size reduction; then the rows hallucinations dominate."""
     splits, wide = cells(df)
     out = []
     for (model, device), block in wide.groupby(level=["model", "device"], sort=True):
@@ -211,7 +211,7 @@ def summary(df: pd.DataFrame) -> str:
         table.loc[table["RTF"] == "unsupported", list(cols)[1:]] = ""
         out += [f"{model} — {device}",
                 table.to_markdown(index=False, tablefmt="simple", disable_numparse=True), ""]
-    return "\n".join(out)
+    return "\n".join(out + [f"note: {n}" for n in hallucination_notes(df)])
 
 
 def sweep_of_runs(df: pd.DataFrame) -> dict | None:
