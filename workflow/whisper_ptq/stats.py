@@ -244,7 +244,10 @@ class Hallucination:
         return self.too_long or self.loop
 
 
-def hallucination(ref_norm: str, hyp_norm: str, *, ratio: float = 1.5,
+TOO_LONG = 1.5  # a hypothesis this many times the reference's words is a hallucination
+
+
+def hallucination(ref_norm: str, hyp_norm: str, *, ratio: float = TOO_LONG,
                   min_repeats: int = 4, max_n: int = 10) -> Hallucination:
     """Flag a hypothesis that is > ``ratio`` × the reference in normalized words, or that
     loops on an n-gram (≥ ``min_repeats`` consecutive copies) more than the reference does."""
@@ -320,6 +323,6 @@ def entry_stats(base: Scored, score: Scored, *, n_resamples=DEFAULT_RESAMPLES, s
 __all__ = [
     "Interval", "Hallucination", "pair", "paired_delta", "paired_delta_pairs", "rate_interval",
     "split_difference", "repeated_ngram", "hallucination", "hallucination_stats",
-    "HALLUCINATION_FIELDS",
+    "HALLUCINATION_FIELDS", "TOO_LONG",
     "no_regression_rate", "entry_stats", "edit_totals", "speaker_weights",
 ]

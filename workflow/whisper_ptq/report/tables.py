@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..stats import TOO_LONG
 from .runs import BASELINE
 
 SHORT = {"test-clean": "c", "test-other": "o"}
@@ -101,7 +102,7 @@ def hallucination_notes(df: pd.DataFrame) -> list[str]:
     flagged = lambda n: ("1 hallucinated hypothesis holds" if n == 1  # noqa: E731
                          else f"{n:.0f} hallucinated hypotheses hold")
     return [f"{where(r)} on {r.split}: {flagged(r.hallucinations)} {r.hallucination_errors:.0f} "
-            f"of its {e:.0f} word errors (a loop, or over 1.5× the reference's length)."
+            f"of its {e:.0f} word errors (a loop, or over {TOO_LONG:g}× the reference's length)."
             for r, e in zip(held.itertuples(index=False), errors[held.index])]
 
 
