@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflow"))
 import torch  # noqa: E402
 from common import loadavg, split_parser  # noqa: E402
 
+from whisper_ptq import provenance  # noqa: E402
 from whisper_ptq.data import extract_split  # noqa: E402
 from whisper_ptq.features import calibration_batches, compute_features  # noqa: E402
 from whisper_ptq.modeling import load_fp32, set_threads  # noqa: E402
@@ -95,7 +96,7 @@ def main(argv=None):
         qq.CALIBRATION_MAX_TOKENS, "threads": threads, "repeats": repeats, "samples": samples,
         "ratio_quanto_order_over_frozen_first": ratios, "median_ratio": statistics.median(ratios),
         "loadavg_after": loadavg(),
-        "cpu": Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t"),
+        "cpu": provenance.cpu_info()["model"],
     }
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{a.scheme} ({entry['observer']}), {len(ids)} utterances in batches of {a.batch_size}, "

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from whisper_ptq.config import Study, load_study  # noqa: E402
+from whisper_ptq.config import Study, as_list, load_study  # noqa: E402
 from whisper_ptq.data import extract_split  # noqa: E402
 from whisper_ptq.features import (calibration_batches, calibration_ids, compute_features,  # noqa: E402
                                   load_manifest)
@@ -308,11 +308,6 @@ def load(args) -> Study:
     return load_study(REPO / "config.yaml", overrides)  # without Snakemake: schema defaults
 
 
-def name_list(text: str) -> list[str]:
-    """A comma list of entries or shapes as given on the command line (blanks dropped)."""
-    return [n.strip() for n in text.split(",") if n.strip()]
-
-
 def entry_names(study: Study, args) -> list[str]:
     """The entries a run measures, in config order; its other choices checked against them."""
     order = study.entry_order() if hasattr(study, "entry_order") else list(study.entries)
@@ -329,7 +324,7 @@ def entry_names(study: Study, args) -> list[str]:
     if wanted == "runtimes":
         order = [n for n in order if n == "fp32" or study.entries[n]["library"] in RUNTIMES]
     elif wanted:
-        names = listed(name_list(wanted))
+        names = listed(as_list(wanted))
         order = [n for n in order if n in names]
     names = [n for n in order if n not in skip]
     # the run's other choices, checked against its entries
@@ -743,17 +738,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", default=None,
                    help=f"random-weight shapes (default {DEFAULT_SHAPES}; "
                         "quick: whisper-small); 'none' for none")
-    p.add_argument("--skip-entries", default=None, type=name_list,
+    p.add_argument("--skip-entries", default=None, type=as_list,
                    help="comma-separated entries left out (e.g. those that need a kernel build)")
     p.add_argument("--no-real", action="store_true", help="skip the real model")
-    p.add_argument("--real-entries", default=None, type=name_list,
+    p.add_argument("--real-entries", default=None, type=as_list,
                    help="subset of --entries for the real model (default: all of them)")
     p.add_argument("--no-agreement", action="store_true")
     p.add_argument("--limit", type=int, default=None, help="utterances per split (real model)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--max-batch-entries", default=",".join(MAX_BATCH_ENTRIES),
-                   type=lambda text: None if text.strip() == "all" else name_list(text),
+                   type=lambda text: None if text.strip() == "all" else as_list(text),
                    help="entries whose largest batch is searched ('all': every entry)")
     p.add_argument("--tokens", type=int, default=128, help="new tokens per utterance (random)")
     p.add_argument("--base-repeats", type=int, default=1,
@@ -762,7 +757,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sdpa", default=None, type=diagnose.parse_sdpa,
                    help="only these attention backends (comma list of "
                         f"{','.join(diagnose.SDPA_BACKENDS)}; random-weight shapes only)")
-    p.add_argument("--profile-entries", default=None, type=name_list,
+    p.add_argument("--profile-entries", default=None, type=as_list,
                    help="random-weight entries also run twice under torch's profiler")
     p.add_argument("--profile-tokens", type=int, default=16,
                    help="new tokens per utterance of the profiled passes")
@@ -791,7 +786,7 @@ def check(args) -> int:
         args.budget_s = 240.0 if args.quick else 450.0
     if args.shapes is None:
         args.shapes = "whisper-small" if args.quick else DEFAULT_SHAPES
-    shapes = [] if args.shapes == "none" else name_list(args.shapes)
+    shapes = [] if args.shapes == "none" else as_list(args.shapes)
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         raise SystemExit(f"check: unknown shapes {unknown}; known: {list(SHAPES)}")

@@ -11,7 +11,8 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _import(name: str):
+def import_benchmark(name: str):
+    """A script of benchmarks/ as a module (also for tests that compare against one)."""
     sys.path.insert(0, str(BENCH))
     try:
         return __import__(name)
@@ -23,7 +24,7 @@ def _import(name: str):
 def test_runtimes_pairs_each_repeat_with_fp32_in_rotated_order(random_model_dir, mini_dir,
                                                                  tmp_path):
     out = tmp_path / "runtimes.json"
-    _import("runtimes").main([
+    import_benchmark("runtimes").main([
         "--model", str(random_model_dir), "--archive", str(mini_dir / "test-clean.tar.gz"),
         "--utterances", "2", "--batch-size", "2", "--repeats", "2", "--threads", "1",
         "--entries", "fp32,torchao-int8wo", "--untimed", "torchao-int4wo", "--out", str(out)])
@@ -44,7 +45,7 @@ def test_runtimes_pairs_each_repeat_with_fp32_in_rotated_order(random_model_dir,
 
 def test_calibration_pairs_both_orders_in_each_repeat(random_model_dir, fake_mirror, tmp_path,
                                                       monkeypatch):
-    calibration = _import("calibration")
+    calibration = import_benchmark("calibration")
     monkeypatch.setattr(calibration.qq, "CALIBRATION_MAX_TOKENS", 2)
     out = tmp_path / "calibration.json"
     calibration.main(["--model", str(random_model_dir), "--archive",

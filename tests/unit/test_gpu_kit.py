@@ -654,7 +654,7 @@ def test_every_plan_fits_one_command_and_names_real_entries(random_model_dir):
         for label, run_args, _ in kit.read_plan(plan.stem):
             a = check.parser().parse_args(["--model", ".", "--mini", ".", "--out", ".", *run_args])
             check.entry_names(study, a)  # SystemExit on an unknown or stray entry
-            assert a.shapes in (None, "none") or set(check.name_list(a.shapes)) <= set(check.SHAPES)
+            assert a.shapes in (None, "none") or set(check.as_list(a.shapes)) <= set(check.SHAPES)
 
 
 @pytest.mark.parametrize("text, error", [

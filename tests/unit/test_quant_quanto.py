@@ -1,12 +1,11 @@
 """Optimum-Quanto module: weight-only and static-activation schemes (tiny random model)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from quant_roundtrip import assert_same_outputs, fp32_logits, roundtrip
+from test_benchmarks import import_benchmark
 
 from whisper_ptq import PipelineError
 from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
@@ -14,7 +13,6 @@ from whisper_ptq.modeling import load_fp32
 from whisper_ptq.quantizers import get
 from whisper_ptq.quantizers.quanto import _float_outputs
 
-REPO = Path(__file__).resolve().parents[2]
 CALIB = [torch.randn(2, 80, 3000, generator=torch.Generator().manual_seed(1))]
 
 
@@ -127,18 +125,13 @@ def test_calibrating_the_frozen_model_gives_the_model_of_quanto_s_own_order(
         random_model_dir, scheme, observer, short_calibration):
     """The module freezes before calibrating (each forward of an unfrozen layer quantizes its
     weight anew); quanto's examples calibrate first (benchmarks/calibration.py times both)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from calibration import calibrated, same
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-
+    bench = import_benchmark("calibration")
     q = get("quanto")
     entry = q.validate("s", {"library": "quanto", "scheme": scheme, "observer": observer})
     ours = q.quantize(load_fp32(random_model_dir), entry, calibration=CALIB).model
-    theirs, _ = calibrated(random_model_dir, entry, CALIB, "quanto_order")
+    theirs, _ = bench.calibrated(random_model_dir, entry, CALIB, "quanto_order")
     state = ours.state_dict()
     scales = [k for k in state if k.endswith(("input_scale", "output_scale"))]
     assert scales and any(float(state[k].max()) != 1.0 for k in scales)  # calibrated, not defaults
     assert _float_outputs(ours)  # streamline left some outputs float: compared too
-    assert same(ours, theirs)
+    assert bench.same(ours, theirs)
