@@ -132,7 +132,10 @@ def test_pareto_rtf_axis_turns_log_only_when_the_rtfs_span_an_order_of_magnitude
 
 
 def test_every_library_has_its_own_colour():
-    libs = ["fp", "torch", "quanto", "hqq", "bnb", "ct2", "torchao"]
+    from whisper_ptq.quantizers import LIBRARIES
+
+    libs = list(LIBRARIES)
+    assert set(style.LIBRARY_COLOURS) == set(libs)
     assert len({style.library_colour(lib) for lib in libs}) == len(libs)
     assert style.library_colour("newlib") == style.library_colour("newlib")  # stable fallback
     assert style.library_colour("newlib") in style.FALLBACK

@@ -20,6 +20,7 @@ LIBRARIES = {
     "bnb": "bnb",
     "ct2": "ct2",
     "torchao": "torchao",
+    "whispercpp": "whispercpp",
 }
 
 
