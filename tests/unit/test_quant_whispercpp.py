@@ -88,7 +88,8 @@ def test_checkpoint_is_one_ggml_file_that_whisper_cpp_reads_and_runs(whisper_voc
     for meta, bits in ((f16, 16), (q8, 8.5), (q4, 4.5)):
         assert bits / 32 < meta.linear_bytes / meta.fp32_linear_bytes < bits / 32 + 0.02
     assert f16.bytes_on_disk > q8.bytes_on_disk > q4.bytes_on_disk
-    assert (q8.facts["weights"], q8.facts["group_size"], q8.facts["symmetric"]) == ("int8", 32, True)
+    facts = q8.facts
+    assert (facts["weights"], facts["group_size"], facts["symmetric"]) == ("int8", 32, True)
     assert q8.provenance["quantization_library"]["package"] == "pywhispercpp"
     model, _ = load_checkpoint(tmp_path / "q4_0", whisper_vocab_model_dir, "cpu")
     assert model.runtime_info["version"].endswith(f"whisper.cpp {whispercpp.whisper_cpp_version()}")
@@ -122,6 +123,12 @@ def test_what_whisper_cpp_cannot_take_is_one_clear_error(random_model_dir,
         with pytest.raises(PipelineError, match=f"ggml-model.bin is not a complete whisper.cpp "
                                                 f"model file: {why}"):
             load_checkpoint(tmp_path / "ok", whisper_vocab_model_dir, "cpu")
+    short = whispercpp.GgmlFile(load_fp32(whisper_vocab_model_dir), "q8_0")
+    short.chunks = short.chunks[:-4]  # header, shape, name, data of the last tensor
+    short.save(bad)
+    with pytest.raises(PipelineError, match="is not a whisper.cpp model file it can load: "
+                                            "lacks \\['decoder.ln.bias'\\]"):
+        load_checkpoint(tmp_path / "ok", whisper_vocab_model_dir, "cpu")
     assert get("whispercpp").unsupported(entry("q8_0"), "cpu") is None
     assert "CPU build of whisper.cpp" in get("whispercpp").unsupported(entry("q8_0"), "cuda")
     with pytest.raises(PipelineError, match="entry 'whispercpp-q8_0' cannot run on cuda: "
@@ -147,7 +154,8 @@ def test_real_tiny_en_f16_and_q8_0_stay_close_to_fp32(tiny_en_dir, real_cache, t
     for scheme in ("f16", "q8_0"):
         save_checkpoint(scheme, entry(scheme), tiny_en_dir, tmp_path / scheme)
         wer = pipeline_wer(tmp_path / scheme, tiny_en_dir, real_cache)
-        print(f"tiny.en {N_SCORED} utts: fp32 WER {tiny_fp32_wer:.2f}, whispercpp-{scheme} {wer:.2f}")
+        print(f"tiny.en {N_SCORED} utts: fp32 WER {tiny_fp32_wer:.2f}, "
+              f"whispercpp-{scheme} {wer:.2f}")
         assert wer - tiny_fp32_wer <= MAX_WER_INCREASE
     save_checkpoint("again", entry("q8_0"), tiny_en_dir, tmp_path / "again")
     assert ((tmp_path / "again" / "ggml-model.bin").read_bytes()

@@ -48,7 +48,8 @@ BLOCK = 32
 # ggml.h: enum ggml_type (a tensor's type) and enum ggml_ftype (the file's, in its header)
 GGML_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8}
 GGML_FTYPE = {"f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9}
-QNT_VERSION = 2 * 1000  # GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR, added to a quantized ftype
+QNT_FACTOR = 1000  # GGML_QNT_VERSION_FACTOR: a quantized file's ftype + version 2 x this
+QNT_VERSION = 2 * QNT_FACTOR
 # 2-D tensors whisper.cpp keeps float32 whatever the file type (its loader's types)
 FLOAT32_2D = {"encoder.conv1.bias", "encoder.conv2.bias", "encoder.positional_embedding",
               "decoder.positional_embedding"}
@@ -155,7 +156,7 @@ def check_file(path: Path) -> None:
     try:
         with open(path, "rb") as f:
             header = struct.unpack(f"<{HEADER_INTS}i", f.read(4 * HEADER_INTS))
-            if header[0] != MAGIC or header[-1] % 1000 not in GGML_FTYPE.values():
+            if header[0] != MAGIC or header[-1] % QNT_FACTOR not in GGML_FTYPE.values():
                 raise ValueError(f"not a whisper.cpp ggml file (magic {header[0]:#x}, ftype "
                                  f"{header[-1]})")
             n_mels, n_freq = struct.unpack("<2i", f.read(8))
@@ -179,7 +180,7 @@ def check_file(path: Path) -> None:
     wanted = loader_names(header[5], header[9])
     if seen != wanted:
         why = [f"{label} {sorted(names)[:3]}" for label, names in
-               (("lacks", wanted - seen), ("has tensors whisper.cpp does not know:", seen - wanted))
+               (("lacks", wanted - seen), ("has tensors it does not know:", seen - wanted))
                if names]
         raise PipelineError(f"{path} is not a whisper.cpp model file it can load: {'; '.join(why)}")
 
