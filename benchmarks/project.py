@@ -20,7 +20,8 @@ Cost model of one (entry, split) on CPU, in core-seconds (1 thread, as measured)
   by arithmetic), bracketed by the layer-count ratio (per-layer overhead) and the
   multiply-accumulate ratio; the totals are given for all three. Architectures: ``DIMS``.
 * entry / fp32 time: this pipeline's CPU RTFs of Whisper base on the mini sets
-  (docs/results/base-mini/matrix/runs.csv, per split); for ct2 and torchao entries the paired
+  (docs/results/base-mini/matrix/runs.csv, per split; entries it lacks from MORE_RUNS_CSVS,
+  against that run's own fp32); for ct2 and torchao entries the paired
   medians of benchmarks/results_runtimes*.json (base; a later run's entry replaces an
   earlier one's: RUNTIMES_JSONS); entries measured nowhere are listed and
   left out of the totals.
@@ -56,6 +57,8 @@ FRAMES = 1500  # encoder positions of a 30 s window
 SPLITS = {"test-clean": (2620, 5.4 * 3600), "test-other": (2939, 5.3 * 3600)}
 QUANTIZE_CORE_S = 120  # per entry, small (notes: HQQ quantizes small in 70 s); upper-ish guess
 RUNS_CSV = REPO / "docs/results/base-mini/matrix/runs.csv"
+# later base runs of entries the matrix lacks (its own fp32 row is their reference)
+MORE_RUNS_CSVS = {"base whispercpp/": REPO / "docs/results/base-mini/whispercpp/runs.csv"}
 # a later file's entry replaces an earlier one's: the 4-utterance run, then the 8-utterance
 # runs (benchmarks/README.md, "Runtimes"); results_runtimes_slow.json (1 utterance, batch 1,
 # under heavy load) is left out: its ratios are far from the study's batch 16
@@ -100,9 +103,10 @@ def decoder_layers(m: dict, tokens: float = 0) -> float:
 DECODER_SCALING = {"weights": decoder_weights, "layers": decoder_layers, "macs": decoder_macs}
 
 
-def base_ratios() -> dict:
-    """entry -> {split: entry RTF / fp32 RTF} from the committed base matrix (CPU)."""
-    rows = [r for r in csv.DictReader(RUNS_CSV.open()) if r["device"] == "cpu" and r["status"] == "ok"]
+def base_ratios(path=RUNS_CSV) -> dict:
+    """entry -> {split: entry RTF / fp32 RTF} from a committed base run (CPU)."""
+    rows = [r for r in csv.DictReader(Path(path).open())
+            if r["device"] == "cpu" and r["status"] == "ok"]
     fp32 = {r["split"]: float(r["rtf"]) for r in rows if r["entry"] == "fp32"}
     out: dict[str, dict] = {}
     for r in rows:
@@ -184,10 +188,14 @@ def project(m: dict, *, shard_size: int, threads: int, eff: float, nodes: list[i
     cuda_entries = [e for e in study.selected if "cuda" in study.devices_of(e)
                     and not study.unsupported_reason(e, "cuda")]
     base, rt = base_ratios(), runtime_ratios()
+    more = {label: base_ratios(path) for label, path in MORE_RUNS_CSVS.items()}
     ratios, unprojected = {}, []
     for e in cpu_entries:
+        later = [label for label, run in more.items() if e in run]
         if e in base:
             ratios[e] = ({s: base[e][s] for s in SPLITS}, "base matrix")
+        elif later:
+            ratios[e] = ({s: more[later[0]][e][s] for s in SPLITS}, later[0])
         elif e in rt:
             ratios[e] = ({s: rt[e] for s in SPLITS}, "runtimes (base)")
         else:
