@@ -3,6 +3,7 @@ then real tiny.en against transformers fp32 (slow)."""
 
 import ctypes
 
+import _pywhispercpp
 import numpy as np
 import pytest
 import torch
@@ -97,9 +98,15 @@ def test_checkpoint_is_one_ggml_file_that_whisper_cpp_reads_and_runs(whisper_voc
                            {"max_new_tokens": 3})
     texts, timing = run(torch.cat([FEATS, FEATS]))
     assert len(texts) == 2 and timing["encoder"] > 0 and timing["decoder"] >= 0
-    assert timing["tokens"] <= 2 * 3  # random weights stop at the token limit at the latest
+    assert 0 < timing["tokens"] <= 2 * 3  # random weights stop at the token limit at the latest
     with pytest.raises(PipelineError, match="runs on cpu here, not cuda"):
         model.transcriber(None, "cuda", {})
+    # over 30 s: whole windows (the last padded), each decoded up to the token limit
+    long = torch.cat([FEATS, FEATS[..., :1500]], dim=-1)
+    texts, timing = run(long)
+    assert len(texts) == 1 and timing["longform"] > 0 and timing["encoder"] == 0
+    assert 0 < timing["tokens"] <= 2 * 3
+    assert _pywhispercpp.whisper_full_n_segments(model.ctx) == 2  # one per window
 
 
 def test_what_whisper_cpp_cannot_take_is_one_clear_error(random_model_dir,

@@ -25,7 +25,9 @@ a source build for the host CPU may be faster than the numbers measured with it.
 Transcription (``GgmlTranscriber``) hands each cached log-mel to ``whisper_set_mel`` and runs
 ``whisper_full`` greedy, one utterance at a time (whisper.cpp decodes one audio per call),
 with what makes it the study's greedy decoding: no timestamps, no temperature fallback, no
-no-speech skipping, non-speech tokens suppressed, the prompt of transformers' ``generate``.
+no-speech skipping, non-speech tokens suppressed, the prompt of transformers' ``generate``,
+at most ``max_new_tokens``. One difference stays: whisper.cpp ends a 30 s window's decoding
+after n_text_ctx / 2 - 4 = 220 tokens, so a looping hypothesis stops there, not at 440.
 The token ids are decoded by the pipeline's tokenizer. Encoder seconds run from handing
 over the log-mel to the first decoding step (``whisper_full``'s logits-filter callback),
 decoder seconds the rest. Threads: ``n_threads`` = the job's threads.
@@ -264,13 +266,16 @@ class GgmlFile:
         filters = np.asarray(WhisperFeatureExtractor.from_pretrained(source).mel_filters,
                              dtype=np.float32).T
         chunks += [struct.pack("<2i", *filters.shape), np.ascontiguousarray(filters).tobytes()]
-        # the byte-level tokens below end-of-text (whisper.cpp adds the special ones itself)
+        # the byte-level tokens below end-of-text (whisper.cpp adds the special ones itself).
+        # An id the tokenizer lacks gets a placeholder: whisper.cpp drops a segment whose text
+        # is empty, and the pipeline decodes the ids with its own tokenizer anyway
         vocab = AutoTokenizer.from_pretrained(source).get_vocab()
         by_id = {i: token for token, i in vocab.items() if i < eot}
         byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
         chunks.append(struct.pack("<i", eot))
         for i in range(eot):
-            text = bytes(byte_of[ch] for ch in by_id.get(i, ""))
+            text = (bytes(byte_of[ch] for ch in by_id[i]) if i in by_id
+                    else f"[_unknown_{i}_]".encode())
             chunks += [struct.pack("<i", len(text)), text]
         self.linear_bytes = 0
         linear = {f"{n}.{p}" for n, m in model.named_modules()
@@ -337,7 +342,9 @@ class GgmlTranscriber:
         p.temperature, p.temperature_inc = 0.0, 0.0  # greedy, no fallback
         p.no_speech_thold = 2.0  # a probability never exceeds it: no segment is dropped
         p.suppress_blank = p.suppress_nst = True  # transformers' begin / non-speech suppression
-        p.max_tokens = int(decoding.get("max_new_tokens", 440))
+        # whisper.cpp ends a segment after the token at index max_tokens (one more than asked)
+        self.max_new_tokens = int(decoding.get("max_new_tokens", 440))
+        p.max_tokens = max(1, self.max_new_tokens - 1)
         if getattr(whisper.generation_config, "is_multilingual", False):
             p.language = decoding.get("language", "en")
             p.translate = decoding.get("task", "transcribe") == "translate"
@@ -351,6 +358,7 @@ class GgmlTranscriber:
             self.first_step = time.perf_counter()
 
     def _one(self, mel) -> list[int]:
+        """The text tokens of one log-mel: each 30 s window's (a segment) up to the limit."""
         import numpy as np
 
         pw, ctx = self.pw, self.ctx
@@ -359,9 +367,12 @@ class GgmlTranscriber:
             raise PipelineError("whisper.cpp refused the log-mel (whisper_set_mel)")
         if pw.whisper_full(ctx, self.params, np.zeros(0, dtype=np.float32), 0) != 0:
             raise PipelineError("whisper.cpp failed to transcribe an utterance (whisper_full)")
-        return [pw.whisper_full_get_token_id(ctx, s, i)
-                for s in range(pw.whisper_full_n_segments(ctx))
-                for i in range(pw.whisper_full_n_tokens(ctx, s))]
+        ids = []
+        for s in range(pw.whisper_full_n_segments(ctx)):
+            tokens = (pw.whisper_full_get_token_id(ctx, s, i)
+                      for i in range(pw.whisper_full_n_tokens(ctx, s)))
+            ids += [i for i in tokens if i < self.eot][:self.max_new_tokens]
+        return ids
 
     def __call__(self, feats):
         import numpy as np
@@ -384,7 +395,6 @@ class GgmlTranscriber:
             t1 = self.first_step or t2  # no step: nothing was decoded
             timing["encoder"] += t1 - t0
             timing["decoder"] += t2 - t1
-        ids = [[i for i in seq if i < self.eot] for seq in ids]  # text tokens only
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
         timing["tokens"] = sum(len(i) for i in ids)
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True), timing
