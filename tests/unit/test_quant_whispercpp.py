@@ -2,6 +2,7 @@
 then real tiny.en against transformers fp32 (slow)."""
 
 import ctypes
+from pathlib import Path
 
 import _pywhispercpp
 import numpy as np
@@ -146,7 +147,7 @@ def test_what_whisper_cpp_cannot_take_is_one_clear_error(random_model_dir,
 
 
 def test_config_entries_run_on_cpu_only():
-    study = load_study("config.yaml")
+    study = load_study(Path(__file__).resolve().parents[2] / "config.yaml")
     names = [n for n, e in study.entries.items() if e["library"] == "whispercpp"]
     assert names and all(get("whispercpp").unsupported(study.entries[n], "cuda") for n in names)
 
