@@ -103,6 +103,10 @@ def test_example_overlays_validate_on_top_of_config_yaml(overlay, random_model_d
     if overlay == "noise-mini.yaml":
         assert {j.entry for j in jobs} == {"fp32", "torch-int8-dyn", "hqq-int4-g64"}
         assert len(study.splits) == 7
+    if overlay == "edge-cpu.yaml":  # batch 1, and each library's entries it names
+        assert study.timing["regime"] == "latency"
+        assert {study.entries[j.entry]["library"] for j in jobs} == {
+            "fp", "torch", "torchao", "ct2", "whispercpp"}
     if overlay == "torchao-int4-cpu.yaml":  # adds its entries to config.yaml's
         assert set(study.entries) == set(base["entries"]) | {"torchao-int4wo",
                                                              "torchao-int4wo-compiled"}
