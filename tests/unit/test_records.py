@@ -13,7 +13,8 @@ from test_shards import hyp, shard_timing
 from whisper_ptq import PipelineError, report
 from whisper_ptq.io import read_json, write_json, write_jsonl
 from whisper_ptq.records import QuantMeta, Score, ShardTiming, Timing
-from whisper_ptq.scoring import gather_shards, score_run
+from whisper_ptq.report import row_from_score
+from whisper_ptq.scoring import build_score, gather_shards, score_run
 
 
 def quant_meta(entry="int8", bytes_on_disk=400, linear_bytes=200, fp32_linear_bytes=800,
@@ -86,12 +87,20 @@ def test_latency_percentiles_are_written_only_in_the_latency_regime():
     assert set(gathered.to_json()) == GATHERED_KEYS | LATENCY_KEYS
     assert (gathered.latency_p50_s, gathered.latency_p90_s) == (1.5, 2.0)
     assert Timing.from_json(gathered.to_json()) == gathered
+    score = build_score(hyp(["u0", "u1"]), gathered, quant_meta(),
+                        quant_meta("fp32", 1000, 800, 800), "base")
+    assert (score.latency_p50_s, score.latency_p90_s) == (1.5, 2.0)
+    assert row_from_score(score)["latency_p90_s"] == 2.0  # a runs.csv column
 
 
 def test_score_step_writes_its_records(score_step):
     score = score_run(**score_step)
     on_disk = read_json(score_step["out"])
-    assert set(on_disk) == SCORE_KEYS and Score.read(score_step["out"]) == score
+    # the gathered timing's split and peak memory come along (no CUDA peak, no latency: unset)
+    carried = {"encoder_seconds", "decoder_seconds", "peak_rss_mb"}
+    assert set(on_disk) == SCORE_KEYS | carried and Score.read(score_step["out"]) == score
+    gathered = Timing.read(score_step["out_timing"])
+    assert {k: on_disk[k] for k in carried} == {k: getattr(gathered, k) for k in carried}
     assert (score.size_reduction, score.linear_size_reduction) == (60.0, 75.0)
     assert score.n_utterances == 4 and score.shards == 2 and score.wer == 0.0
     assert score.rtf == pytest.approx(3.0 / 40.0)

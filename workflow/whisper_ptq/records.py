@@ -137,6 +137,12 @@ class Timing(_TimingFields):
     shard_runs: list[dict]
 
 
+# what a Score carries from its gathered Timing beside RTF (read back as None from a score
+# file written before they were carried)
+SCORE_TIMING = ("encoder_seconds", "decoder_seconds", "peak_rss_mb", "cuda_peak_allocated_mb",
+                "latency_p50_s", "latency_p90_s")
+
+
 @dataclass(kw_only=True)
 class Score(Record):
     """WER/CER of one model × entry × device × split with what produced it."""
@@ -167,3 +173,9 @@ class Score(Record):
     config: dict  # the entry as validated
     decoding: dict
     provenance: dict[str, Any]  # {"quantize": QuantMeta.provenance, "transcribe": Timing's}
+    encoder_seconds: float | None = field(default=None, metadata=OMIT_NONE)
+    decoder_seconds: float | None = field(default=None, metadata=OMIT_NONE)
+    peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
+    cuda_peak_allocated_mb: float | None = field(default=None, metadata=OMIT_NONE)
+    latency_p50_s: float | None = field(default=None, metadata=OMIT_NONE)
+    latency_p90_s: float | None = field(default=None, metadata=OMIT_NONE)

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from . import PipelineError
 from .io import read_jsonl, write_jsonl
-from .records import QuantMeta, Score, ShardTiming, Timing
+from .records import SCORE_TIMING, QuantMeta, Score, ShardTiming, Timing
 
 EDIT_KEYS = ("hits", "substitutions", "deletions", "insertions")
 
@@ -148,7 +148,8 @@ def build_score(hyp: list[dict], timing: Timing, meta: QuantMeta, fp32_meta: Qua
         batch_size=timing.batch_size, shards=timing.shards,
         mixed_hardware=timing.mixed_hardware, **size_reduction(meta, fp32_meta),
         config=meta.config, decoding=timing.decoding,
-        provenance={"quantize": meta.provenance, "transcribe": timing.provenance})
+        provenance={"quantize": meta.provenance, "transcribe": timing.provenance},
+        **{k: getattr(timing, k) for k in SCORE_TIMING})
 
 
 def score_run(hyp_paths, timing_paths, meta_path, fp32_meta_path, model: str, *, out,

@@ -13,7 +13,7 @@ import pandas as pd
 from .. import PipelineError
 from ..io import atomic_path
 from ..noise import parse_split
-from ..records import Score
+from ..records import SCORE_TIMING, Score
 from ..stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, HALLUCINATION_FIELDS, edit_totals,
                      entry_stats, hallucination_stats, rate_interval, split_difference)
 
@@ -43,6 +43,8 @@ CSV_FIELDS = [
     # the CPU / GPU models when the run's shards did not all run on the same kind
     "git_commit", "git_dirty", "slurm_job_id", "hostname", "cpu_model", "gpu", "loadavg_1m",
     "shards", "mixed_hardware",
+    # encoder / decoder seconds, peak memory and the latency regime's p50 / p90 (records.Score)
+    *SCORE_TIMING,
 ]
 BOOL_FIELDS = ("dwer_significant", "dcer_significant", "symmetric", "git_dirty")
 TEXT_FIELDS = ("model", "entry", "device", "split", "status", "library", "weights",
