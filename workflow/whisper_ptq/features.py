@@ -57,6 +57,16 @@ def log_mel(extractor, audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out.input_features[0], dtype=np.float32)
 
 
+def whole_windows(feats: np.ndarray) -> np.ndarray:
+    """A [n_mels, T] log-mel padded to whole 30 s windows ([n_mels, n * 3000]) with the
+    utterance's minimum (silence after Whisper's log-mel clamp): how the runtimes without
+    transformers' long-form decoding take an utterance over 30 s."""
+    n = -(-feats.shape[-1] // NB_MAX_FRAMES)
+    padded = np.full((feats.shape[0], n * NB_MAX_FRAMES), feats.min(), dtype=np.float32)
+    padded[:, :feats.shape[-1]] = feats
+    return padded
+
+
 def trailing_constant_start(feats: np.ndarray) -> int:
     """First frame of the trailing run of frames whose every value has the bits of the last
     value (Whisper's zero padding after the floor); ``n_frames`` when the last frame is not

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from .. import PipelineError
-from ..features import NB_MAX_FRAMES
+from ..features import NB_MAX_FRAMES, whole_windows
 from .base import Quantized, Quantizer, facts
 
 TOKENIZER = "tokenizer.json"
@@ -278,10 +278,9 @@ def longform(feats):
     as in transformers' long-form decoding: a word cut at a window edge may be misheard."""
     import numpy as np
 
-    n = -(-feats.shape[-1] // NB_MAX_FRAMES)
-    padded = np.full((feats.shape[0], n * NB_MAX_FRAMES), feats.min(), dtype=np.float32)
-    padded[:, :feats.shape[-1]] = feats
-    return np.ascontiguousarray(padded.reshape(feats.shape[0], n, NB_MAX_FRAMES).transpose(1, 0, 2))
+    padded = whole_windows(feats)
+    return np.ascontiguousarray(
+        padded.reshape(feats.shape[0], -1, NB_MAX_FRAMES).transpose(1, 0, 2))
 
 
 QUANTIZER = CTranslate2()

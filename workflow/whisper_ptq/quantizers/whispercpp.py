@@ -36,13 +36,14 @@ decoder seconds the rest. Threads: ``n_threads`` = the job's threads.
 from __future__ import annotations
 
 import ctypes
+import functools
 import struct
 import time
 from pathlib import Path
 
 from .. import PipelineError
-from ..features import NB_MAX_FRAMES
-from .base import Quantized, Quantizer, facts
+from ..features import NB_MAX_FRAMES, whole_windows
+from .base import Quantized, Quantizer, facts, linear_names
 
 GGML_FILE = "ggml-model.bin"
 MAGIC = 0x67676D6C  # "ggml"
@@ -117,8 +118,10 @@ def _bundled(pattern: str) -> Path:
     return found[0]
 
 
+@functools.lru_cache(maxsize=None)
 def _ggml():
-    """libggml-base, as loaded by pywhispercpp, with the quantization entry points typed."""
+    """libggml-base, as loaded by pywhispercpp, with the quantization entry points typed
+    (once per process: every 2-D tensor of a conversion asks for it)."""
     import _pywhispercpp  # noqa: F401  (loads the bundled libraries first)
 
     lib = ctypes.CDLL(str(_bundled("libggml-base-*.so*")))
@@ -278,8 +281,7 @@ class GgmlFile:
                     else f"[_unknown_{i}_]".encode())
             chunks += [struct.pack("<i", len(text)), text]
         self.linear_bytes = 0
-        linear = {f"{n}.{p}" for n, m in model.named_modules()
-                  if type(m).__name__ == "Linear" for p in ("weight", "bias")}
+        linear = {f"{n}.{p}" for n in linear_names(model) for p in ("weight", "bias")}
         for name, tensor in model.state_dict().items():
             target = ggml_name(name)
             if target is None:  # proj_out: whisper.cpp's head is the token embedding
@@ -375,19 +377,14 @@ class GgmlTranscriber:
         return ids
 
     def __call__(self, feats):
-        import numpy as np
-
         timing = {"encoder": 0.0, "decoder": 0.0, "longform": 0.0}
         feats = feats.float().cpu().numpy()
         ids = []
         for mel in feats:
             self.first_step = None
             t0 = time.perf_counter()
-            if mel.shape[-1] > NB_MAX_FRAMES:  # whole 30 s windows, padded as ct2 pads them
-                n = -(-mel.shape[-1] // NB_MAX_FRAMES) * NB_MAX_FRAMES
-                padded = np.full((mel.shape[0], n), mel.min(), dtype=np.float32)
-                padded[:, :mel.shape[-1]] = mel
-                ids.append(self._one(padded))
+            if mel.shape[-1] > NB_MAX_FRAMES:  # whisper.cpp decodes each window in turn
+                ids.append(self._one(whole_windows(mel)))
                 timing["longform"] += time.perf_counter() - t0
                 continue
             ids.append(self._one(mel))
