@@ -13,7 +13,7 @@ import torch
 
 from whisper_ptq import PipelineError
 from whisper_ptq.features import (FeatureCache, compute_features, load_manifest, log_mel,
-                                  read_flac, select, trailing_constant_start)
+                                  read_flac, select, trailing_constant_start, window_batch)
 
 
 def test_feature_cache_round_trip_equals_direct_extraction(fake_split_dir, random_model_dir, tmp_path):
@@ -234,3 +234,10 @@ def test_empty_split_after_limit_is_a_clear_error():
         select(_rows([(11, 2)]), 5, exclude={"11-1-0000", "11-1-0001"}, split="test-other")
     with pytest.raises(PipelineError, match="no utterances left"):
         select([], None, split="test-clean")
+
+
+def test_window_batch_covers_the_utterance_and_pads_with_its_minimum():
+    feats = torch.arange(80 * 6500, dtype=torch.float32).reshape(80, 6500).numpy()
+    windows = window_batch(feats)
+    assert windows.shape == (3, 80, 3000)
+    assert (windows[1] == feats[:, 3000:6000]).all() and (windows[2, :, 500:] == 0).all()

@@ -456,9 +456,9 @@ def test_wheels_for_the_gpu_image(tmp_path):
 def test_runtime_entries_on_a_cuda_13_host_are_rows_not_crashes(monkeypatch, tmp_path,
                                                                 random_model_dir):
     """`--entries runtimes` on the kit's machine (CTranslate2 sees the GPU but, a CUDA 12
-    build, cannot load cuBLAS 12 there) and whisper.cpp (a CPU build): every ct2 and
-    whispercpp entry is listed as unsupported with its reason by the real-model phase, the
-    torchao int8 entries are run."""
+    build, cannot load cuBLAS 12 there), whisper.cpp and ONNX Runtime (CPU builds): every ct2,
+    whispercpp and ort entry is listed as unsupported with its reason by the real-model phase,
+    the torchao int8 entries are run."""
     import ctranslate2
 
     from whisper_ptq.quantizers import ct2
@@ -479,11 +479,11 @@ def test_runtime_entries_on_a_cuda_13_host_are_rows_not_crashes(monkeypatch, tmp
         names = check.entry_names(study, args)
         libraries = {n: study.entries[n]["library"] for n in names}
         assert names[0] == "fp32" and {libraries[n] for n in names[1:]} == {
-            "ct2", "torchao", "whispercpp"} == set(check.RUNTIMES)
+            "ct2", "torchao", "whispercpp", "ort"} == set(check.RUNTIMES)
         assert {n for n in study.entries if study.entries[n]["library"] in check.RUNTIMES} \
             == set(names[1:])
         unsupported = [n for n in names if study.unsupported_reason(n, "cuda")]
-        assert unsupported == [n for n in names if libraries[n] in ("ct2", "whispercpp")]
+        assert unsupported == [n for n in names if libraries[n] in ("ct2", "whispercpp", "ort")]
         res = check.Results(tmp_path, check.device_header("cpu", args))
         assert check.run_real(study, unsupported, {}, args, check.Budget(60), res) == {}
         rows = {r["entry"]: r for r in res.data["not_run"]}
@@ -491,6 +491,8 @@ def test_runtime_entries_on_a_cuda_13_host_are_rows_not_crashes(monkeypatch, tmp
         assert all("libcublas.so.12-absent" in rows[n]["reason"] for n in rows if "ct2" in n)
         assert all("a CPU build of whisper.cpp" in rows[n]["reason"] for n in rows
                    if "whispercpp" in n)
+        assert all("ONNX Runtime's CPU build" in rows[n]["reason"] for n in rows
+                   if n.startswith("ort-"))
         md = (tmp_path / "results.md").read_text()
         assert f"| {random_model_dir.name} | ct2-bf16 | unsupported | CTranslate2 " in md
         import platform

@@ -14,7 +14,6 @@ from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
 from whisper_ptq.features import FeatureCache
 from whisper_ptq.modeling import load_fp32
 from whisper_ptq.quantizers import ct2, get
-from whisper_ptq.quantizers.ct2 import longform
 
 CPU_TYPES = ctranslate2.get_supported_compute_types("cpu")
 
@@ -146,13 +145,6 @@ def test_device_mismatch_and_bad_entries_are_clear_errors(random_model_dir, tmp_
         entry("int4")
     with pytest.raises(PipelineError, match="option 'compile' is not known to library 'ct2'"):
         get("ct2").validate("x", {"library": "ct2", "scheme": "int8", "compile": True})
-
-
-def test_longform_windows_cover_the_utterance():
-    feats = torch.arange(80 * 6500, dtype=torch.float32).reshape(80, 6500).numpy()
-    windows = longform(feats)
-    assert windows.shape == (3, 80, 3000)
-    assert (windows[1] == feats[:, 3000:6000]).all() and (windows[2, :, 500:] == 0).all()
 
 
 # -- real weights and audio ------------------------------------------------------------------

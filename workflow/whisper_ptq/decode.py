@@ -51,6 +51,20 @@ def generation_kwargs(model, decoding: dict) -> dict:
     return kwargs
 
 
+def forced_prompt(generation_config, decoding: dict) -> list[int]:
+    """The forced decoder prefix transformers' generate() uses (no timestamps), for the
+    runtimes that take it as input: SOT, then language and task for multilingual models
+    only, then no-timestamps."""
+    g = generation_config
+    tokens = [g.decoder_start_token_id]
+    if getattr(g, "is_multilingual", False):
+        language = decoding.get("language", "en")
+        tokens.append(g.lang_to_id[f"<|{language}|>" if not language.startswith("<|") else language])
+        tokens.append(g.task_to_id[decoding.get("task", "transcribe")])
+    tokens.append(g.no_timestamps_token_id)
+    return tokens
+
+
 def model_input_dtype(model):
     return model.model.encoder.conv1.weight.dtype
 

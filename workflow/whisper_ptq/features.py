@@ -67,6 +67,16 @@ def whole_windows(feats: np.ndarray) -> np.ndarray:
     return padded
 
 
+def window_batch(feats: np.ndarray) -> np.ndarray:
+    """A [n_mels, T > 3000] log-mel as a batch of its consecutive 30 s windows
+    ([n, n_mels, 3000], see whole_windows), decoded independently by the runtimes: no
+    timestamp-based seeking as in transformers' long-form decoding, so a word cut at a window
+    edge may be misheard."""
+    padded = whole_windows(feats)
+    return np.ascontiguousarray(
+        padded.reshape(feats.shape[0], -1, NB_MAX_FRAMES).transpose(1, 0, 2))
+
+
 def trailing_constant_start(feats: np.ndarray) -> int:
     """First frame of the trailing run of frames whose every value has the bits of the last
     value (Whisper's zero padding after the floor); ``n_frames`` when the last frame is not

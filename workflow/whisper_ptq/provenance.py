@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "accelerate", "optimum-quanto", "hqq", "bitsandbytes",
-            "ctranslate2", "torchao", "pywhispercpp", "safetensors", "numpy", "jiwer",
+            "ctranslate2", "torchao", "pywhispercpp", "onnxruntime", "safetensors", "numpy", "jiwer",
             "whisper-normalizer", "snakemake")
 
 # CPU features that decide which int8 / bf16 kernels the libraries can use

@@ -21,6 +21,7 @@ LIBRARIES = {
     "ct2": "ct2",
     "torchao": "torchao",
     "whispercpp": "whispercpp",
+    "ort": "ort",
 }
 
 

@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 from .. import PipelineError
-from ..features import NB_MAX_FRAMES, whole_windows
+from ..decode import forced_prompt
+from ..features import NB_MAX_FRAMES, window_batch
 from .base import Quantized, Quantizer, facts
 
 TOKENIZER = "tokenizer.json"
@@ -218,16 +219,7 @@ class CT2Whisper:
                              "intra_threads": threads, "inter_threads": 1}
 
     def prompt(self, decoding: dict) -> list[int]:
-        """The forced decoder prefix transformers' generate() uses (no timestamps): SOT, then
-        language and task for multilingual models only, then no-timestamps."""
-        g = self.generation_config
-        tokens = [g.decoder_start_token_id]
-        if getattr(g, "is_multilingual", False):
-            language = decoding.get("language", "en")
-            tokens.append(g.lang_to_id[f"<|{language}|>" if not language.startswith("<|") else language])
-            tokens.append(g.task_to_id[decoding.get("task", "transcribe")])
-        tokens.append(g.no_timestamps_token_id)
-        return tokens
+        return forced_prompt(self.generation_config, decoding)
 
     def transcriber(self, tokenizer, device: str, decoding: dict):
         if device != self.device:
@@ -255,8 +247,8 @@ class CT2Transcriber:
         timing = {"encoder": 0.0, "decoder": 0.0, "longform": 0.0}
         feats = np.ascontiguousarray(feats.float().cpu().numpy())  # copied to the model's device
         t0 = time.perf_counter()
-        if feats.shape[-1] > NB_MAX_FRAMES:  # alone; fixed 30 s windows (see longform())
-            windows = longform(feats[0])  # kept alive: a StorageView does not copy it
+        if feats.shape[-1] > NB_MAX_FRAMES:  # alone; fixed 30 s windows (features.window_batch)
+            windows = window_batch(feats[0])  # kept alive: a StorageView does not copy it
             ids = [sum(self._generate(ctranslate2.StorageView.from_array(windows)), [])]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
             timing["longform"] = time.perf_counter() - t0
@@ -270,17 +262,6 @@ class CT2Transcriber:
         # as transformers' count (its sequences hold neither the prompt nor the end token)
         timing["tokens"] = sum(len(i) for i in ids)
         return texts, timing
-
-
-def longform(feats):
-    """A [80, T > 3000] log-mel as consecutive 30 s windows, the last padded with the
-    utterance's minimum (silence after Whisper's log-mel clamp). No timestamp-based seeking
-    as in transformers' long-form decoding: a word cut at a window edge may be misheard."""
-    import numpy as np
-
-    padded = whole_windows(feats)
-    return np.ascontiguousarray(
-        padded.reshape(feats.shape[0], -1, NB_MAX_FRAMES).transpose(1, 0, 2))
 
 
 QUANTIZER = CTranslate2()
