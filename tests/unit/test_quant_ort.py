@@ -135,10 +135,13 @@ def test_quantized_head_is_stored_once_and_serves_the_embedding_lookup(
     c = fp32.config
     ids = np.array([[3, 7, 11], [50, 2, 9]], dtype=np.int64)
     heads, head_dim = c.decoder_attention_heads, c.d_model // c.decoder_attention_heads
-    logits, _, rows, normed = session.run(None, {
+    layers = c.decoder_layers
+    logits, *_, rows, normed = session.run(None, {
         "input_ids": ids, "positions": np.arange(3), "mask": np.zeros((3, 3), np.float32),
-        "past": np.zeros((c.decoder_layers, 2, 2, heads, 0, head_dim), np.float32),
-        "cross": np.zeros((c.decoder_layers, 2, 2, heads, 1500, head_dim), np.float32)})
+        **dict.fromkeys(ort.cache_names("past", layers), np.zeros((2, heads, 0, head_dim),
+                                                                  np.float32)),
+        **dict.fromkeys(ort.cache_names("cross", layers), np.zeros((2, heads, 1500, head_dim),
+                                                                   np.float32))})
     np.testing.assert_allclose(rows.reshape(-1, c.d_model), w[ids.reshape(-1)], atol=1e-6)
     # and the head multiplies by the same matrix (int8: activations quantized too)
     np.testing.assert_allclose(logits, normed @ w.T, atol=0.05 if bits == 8 else 1e-3)
