@@ -162,7 +162,8 @@ def test_what_ort_cannot_take_is_one_clear_error(model_dir, tmp_path):
         entry("int4", group_size=48)
     model = load_fp32(model_dir)
     model.config.activation_function = "relu"
-    with pytest.raises(PipelineError, match="supports Whisper's decoder layer .* activation 'relu'"):
+    with pytest.raises(PipelineError, match="supports Whisper's decoder layer .* "
+                                            "activation 'relu'"):
         ort.export(model, tmp_path)
     save_checkpoint("ok", entry("fp32"), model_dir, tmp_path / "ok")
     good = (tmp_path / "ok" / "decoder.onnx").read_bytes()

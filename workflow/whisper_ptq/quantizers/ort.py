@@ -9,10 +9,10 @@ exporter) as two graphs, then applies the scheme with ONNX Runtime's quantizatio
 * ``decoder.onnx``: one decoding step with a key/value cache (token ids, their positions, an
   additive causal mask, the past self-attention keys/values, the cross keys/values) → the
   next-token logits and the grown cache (``present_key_<i>``, ``present_value_<i>``). A
-  tensor per layer, not one stacked tensor: slicing a layer out of a stack copies it at
-  every step (at batch 16 the cross keys/values of base are 0.6 GB). The output head multiplies by the token embedding
-  (tied, stored once, as ``proj_out.weight`` transposed): one initializer serves the head
-  (MatMul) and the embedding lookup (Gather).
+  tensor per layer, not one stacked tensor: slicing a layer out of a stack would copy it at
+  every step, and the cross keys/values are the largest tensors of a decoding step. The
+  output head multiplies by the token embedding (tied, stored once, as ``proj_out.weight``
+  transposed): one initializer serves the head (MatMul) and the embedding lookup (Gather).
 
 Schemes (ONNX Runtime 1.31):
 
@@ -24,7 +24,7 @@ Schemes (ONNX Runtime 1.31):
 * ``int4``: ``MatMulNBitsQuantizer`` (round to nearest): 4-bit weights in blocks of
   ``group_size`` along the input dimension with a float32 scale (and a 4-bit zero point
   unless ``symmetric``); ``accuracy_level`` is the MatMulNBits attribute (0: float32
-  compute; 4: int8 activations per block, faster).
+  compute; 4: int8 activations per block).
 
 ORT quantizes the head's weight, not the embedding lookup that shares it: it would keep the
 float32 copy for the lookup (and a per-tensor int8 one fails to load). So after quantization
@@ -73,8 +73,7 @@ def _facts(entry: dict) -> dict:
         return facts(weights="int8", activations="uint8 (float32 outside matmuls)",
                      act_mode="dynamic", symmetric=True, granularity=entry["granularity"],
                      unquantized=front + [tied])
-    compute = ("int8 blocks (accuracy_level 4)" if entry["accuracy_level"] == 4
-               else f"float32 (accuracy_level {entry['accuracy_level']})")
+    compute = "int8 blocks (accuracy_level 4)" if entry["accuracy_level"] == 4 else "float32"
     return facts(weights="int4", activations=compute,
                  act_mode="dynamic" if entry["accuracy_level"] == 4 else "none",
                  symmetric=entry["symmetric"], granularity="per-group",
@@ -97,13 +96,13 @@ class OnnxRuntime(Quantizer):
     }
     options = {"granularity": ("per-tensor", "per-channel"),
                "group_size": (16, 32, 64, 128, 256), "symmetric": bool,
-               "accuracy_level": (0, 1, 2, 3, 4)}
+               "accuracy_level": (0, 4)}  # MatMulNBits: 0 float32, 4 int8 (CPU kernels)
     devices = ("cpu",)
 
     def validate(self, name, entry):
         out = super().validate(name, entry)
-        allowed = {key for key in self.schemes[out["scheme"]]}
-        extra = sorted(k for k in entry if k in self.options and k not in allowed)
+        own = self.schemes[out["scheme"]]
+        extra = sorted(k for k in entry if k in self.options and k not in own)
         if extra:
             raise PipelineError(f"entry {name!r}: option {extra[0]!r} does not apply to "
                                 f"scheme {out['scheme']!r} of library 'ort'")
@@ -215,7 +214,8 @@ def cache_names(prefix: str, layers: int) -> list[str]:
 
 
 def export(model, out_dir: Path) -> None:
-    """The fp32 model as ``encoder.onnx`` and ``decoder.onnx`` (weights in ``<graph>.onnx.data``)."""
+    """The fp32 model as ``encoder.onnx`` and ``decoder.onnx`` (weights beside each, in
+    ``<graph>.onnx.data``)."""
     import torch
 
     _check_config(model.config)
@@ -410,7 +410,7 @@ class OrtWhisper:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.log_severity_level = 3  # errors only: the exporter's graphs warn on merge
         # memory patterns plan buffers for fixed shapes; the cache grows every step, and with
-        # them base's peak RSS at batch 16 was 6.0 GB instead of 3.3 (and slower)
+        # them peak RSS nearly doubled (docs/results/base-mini/README.md, "ort/")
         options.enable_mem_pattern = False
         self.sessions = {}
         for graph in GRAPHS:
