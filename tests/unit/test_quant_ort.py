@@ -2,6 +2,7 @@
 serves the embedding lookup, support rows and errors (random models), then real tiny.en
 against transformers fp32 (slow)."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from whisper_ptq.config import load_study
 from whisper_ptq.decode import Transcriber, make_transcriber
 from whisper_ptq.modeling import load_fp32
 from whisper_ptq.quantizers import get, ort
+from whisper_ptq.quantizers.base import linear_names
 
 GRAPH_FILES = {"encoder.onnx", "encoder.onnx.data", "decoder.onnx", "decoder.onnx.data"}
 # two different inputs: a batch whose rows stop at different steps
@@ -58,6 +60,13 @@ def model_dir(random_model_dir, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def fp32_ckpt(model_dir, tmp_path_factory):
+    """The fp32 checkpoint (exported once: the export is most of a quantize step's time)."""
+    out = tmp_path_factory.mktemp("ort-fp32") / "f"
+    return out, save_checkpoint("f", entry("fp32"), model_dir, out)
+
+
 def ids_of(model_dir):
     from transformers import GenerationConfig
 
@@ -65,11 +74,11 @@ def ids_of(model_dir):
     return Ids({g.decoder_start_token_id, g.no_timestamps_token_id, g.eos_token_id})
 
 
-def test_fp32_graphs_decode_what_transformers_decodes(model_dir, tmp_path):
-    meta = save_checkpoint("f", entry("fp32"), model_dir, tmp_path / "f")
-    assert {p.name for p in (tmp_path / "f").iterdir()} == GRAPH_FILES | {"quant.json"}
+def test_fp32_graphs_decode_what_transformers_decodes(model_dir, fp32_ckpt):
+    ckpt, meta = fp32_ckpt
+    assert {p.name for p in ckpt.iterdir()} == GRAPH_FILES | {"quant.json"}
     assert meta.linear_bytes == meta.fp32_linear_bytes  # every linear once, the tied head too
-    model, _ = load_checkpoint(tmp_path / "f", model_dir, "cpu")
+    model, _ = load_checkpoint(ckpt, model_dir, "cpu")
     assert model.runtime_info["version"] == onnxruntime.__version__
     decoding = {"max_new_tokens": 12}
     tok = ids_of(model_dir)
@@ -108,11 +117,22 @@ def dequantized_head(init: dict, scheme: str) -> np.ndarray:
     ("int8-dynamic", {}), ("int8-dynamic", {"granularity": "per-channel"}),
     ("int4", {}), ("int4", {"symmetric": False, "group_size": 16})])
 def test_quantized_head_is_stored_once_and_serves_the_embedding_lookup(
-        model_dir, tmp_path, scheme, extra):
-    meta = save_checkpoint("q", entry(scheme, **extra), model_dir, tmp_path / "q")
+        model_dir, fp32_ckpt, tmp_path, scheme, extra):
+    # the quantize step's own quantization, on the fp32 checkpoint's graphs
+    ckpt, meta = fp32_ckpt
+    (tmp_path / "src").mkdir()
+    (tmp_path / "q").mkdir()
+    for name in GRAPH_FILES:
+        shutil.copy(ckpt / name, tmp_path / "src" / name)
     fp32 = load_fp32(model_dir)
+    linear = 0
+    for graph in ort.GRAPHS:
+        ort.quantize_graph(tmp_path / "src" / f"{graph}.onnx", tmp_path / "q" / f"{graph}.onnx",
+                           entry(scheme, **extra))
+        linear += ort.linear_initializer_bytes(
+            ort.load_proto(tmp_path / "q" / f"{graph}.onnx", data=False), linear_names(fp32))
     bits = 8 if scheme == "int8-dynamic" else 4
-    assert bits / 32 < meta.linear_bytes / meta.fp32_linear_bytes < bits / 32 + 0.15
+    assert bits / 32 < linear / meta.fp32_linear_bytes < bits / 32 + 0.15
     path = tmp_path / "q" / "decoder.onnx"
     proto = onnx.load(str(path))
     init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
@@ -147,7 +167,7 @@ def test_quantized_head_is_stored_once_and_serves_the_embedding_lookup(
     np.testing.assert_allclose(logits, normed @ w.T, atol=0.05 if bits == 8 else 1e-3)
 
 
-def test_what_ort_cannot_take_is_one_clear_error(model_dir, tmp_path):
+def test_what_ort_cannot_take_is_one_clear_error(model_dir, fp32_ckpt, tmp_path):
     assert get("ort").unsupported(entry("fp32"), "cpu") is None
     assert "ONNX Runtime's CPU build" in get("ort").unsupported(entry("int4"), "cuda")
     with pytest.raises(PipelineError, match="entry 'ort-int4' cannot run on cuda: the pinned "
@@ -165,7 +185,7 @@ def test_what_ort_cannot_take_is_one_clear_error(model_dir, tmp_path):
     with pytest.raises(PipelineError, match="supports Whisper's decoder layer .* "
                                             "activation 'relu'"):
         ort.export(model, tmp_path)
-    save_checkpoint("ok", entry("fp32"), model_dir, tmp_path / "ok")
+    shutil.copytree(fp32_ckpt[0], tmp_path / "ok")
     good = (tmp_path / "ok" / "decoder.onnx").read_bytes()
     (tmp_path / "ok" / "decoder.onnx").write_bytes(good[:len(good) // 2])
     with pytest.raises(PipelineError, match="decoder.onnx is not an ONNX model ONNX Runtime "

@@ -27,7 +27,8 @@ Schemes (ONNX Runtime 1.31):
   compute; 4: int8 activations per block).
 
 ORT quantizes the head's weight, not the embedding lookup that shares it: it would keep the
-float32 copy for the lookup (and a per-tensor int8 one fails to load). So after quantization
+float32 copy for the lookup (and given the exporter's usual tied head, a Gemm beside a Gather
+on one tensor, its int8 quantizer wrote a graph that fails to load). So after quantization
 the lookup reads the head's quantized tensor (``tie_embedding``: int8 rows dequantized after
 the Gather, int4 through ORT's ``GatherBlockQuantized``): the embedding is the dequantized
 head, as in CTranslate2 and whisper.cpp, and the file holds it once. The conv front-end,
