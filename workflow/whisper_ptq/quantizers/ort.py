@@ -250,8 +250,10 @@ def load_proto(path: Path, data: bool = True):
     import onnx
 
     model = onnx.load(str(path), load_external_data=data)
-    del model.graph.value_info[:]  # the exporter's intermediate shapes; ORT's quantizer
-    return model  # re-infers them and rejects one of the exporter's (tied head)
+    # the exporter's intermediate shapes: ORT's quantizer re-infers them and stopped on one it
+    # disagreed with (the tied head's); ORT's session infers them again anyway
+    del model.graph.value_info[:]
+    return model
 
 
 def save_proto(model, path: Path) -> None:
@@ -270,6 +272,8 @@ def quantize_graph(src: Path, dst: Path, entry: dict) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         raw = src.with_name("quantized-" + src.name)  # beside the export, not the checkpoint
+        # ORT's defaults (no reduce_range: its docs advise it only for CPUs without VNNI,
+        # where uint8 x int8 products can saturate; the CPU is in every row's provenance)
         quantize_dynamic(load_proto(src), raw, op_types_to_quantize=["MatMul"],
                          per_channel=entry["granularity"] == "per-channel",
                          weight_type=QuantType.QInt8, use_external_data_format=True)
