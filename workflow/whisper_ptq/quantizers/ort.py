@@ -250,8 +250,8 @@ def load_proto(path: Path, data: bool = True):
     import onnx
 
     model = onnx.load(str(path), load_external_data=data)
-    # the exporter's intermediate shapes: ORT's quantizer re-infers them and stopped on one it
-    # disagreed with (the tied head's); ORT's session infers them again anyway
+    # the exporter's intermediate shapes: ORT's session and quantizer infer them again (the
+    # quantizer stopped on one of them with an earlier layout of the tied head)
     del model.graph.value_info[:]
     return model
 
