@@ -409,7 +409,7 @@ class OrtWhisper:
 
     def __init__(self, ckpt_dir: Path, model_dir, threads: int):
         import onnxruntime as ort
-        from transformers import GenerationConfig, WhisperConfig
+        from transformers import GenerationConfig
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -429,9 +429,6 @@ class OrtWhisper:
                 raise PipelineError(f"{path} is not an ONNX model ONNX Runtime can load: "
                                     f"{type(e).__name__}: {str(e).strip()[:300]}") from None
         self.generation_config = GenerationConfig.from_pretrained(model_dir)
-        c = WhisperConfig.from_pretrained(model_dir)
-        self.layers = c.decoder_layers
-        self.head_shape = (c.decoder_attention_heads, c.d_model // c.decoder_attention_heads)
         self.runtime_info = {"runtime": "onnxruntime", "version": _version(),
                              "intra_op_num_threads": threads, "inter_op_num_threads": 1,
                              "providers": self.sessions["decoder"].get_providers()}
@@ -450,9 +447,12 @@ class OrtTranscriber:
 
         g = whisper.generation_config
         self.encoder, self.decoder = whisper.sessions["encoder"], whisper.sessions["decoder"]
-        self.tokenizer, self.head_shape = tokenizer, whisper.head_shape
-        self.cross = cache_names("cross", whisper.layers)
-        self.past = cache_names("past", whisper.layers)
+        self.tokenizer = tokenizer
+        # the cache's names and per-row shape [heads, 0, head_dim], as the graphs declare them
+        self.cross = [o.name for o in self.encoder.get_outputs()]
+        past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_")]
+        self.past = [i.name for i in past]
+        self.head_shape = (past[0].shape[1], past[0].shape[3])
         self.prompt = np.array(forced_prompt(g, decoding), dtype=np.int64)
         self.suppress = np.array(g.suppress_tokens or [], dtype=np.int64)
         self.begin_suppress = np.array(g.begin_suppress_tokens or [], dtype=np.int64)
