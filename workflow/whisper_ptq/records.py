@@ -137,12 +137,6 @@ class Timing(_TimingFields):
     shard_runs: list[dict]
 
 
-# what a Score carries from its gathered Timing beside RTF (read back as None from a score
-# file written before they were carried)
-SCORE_TIMING = ("encoder_seconds", "decoder_seconds", "peak_rss_mb", "cuda_peak_allocated_mb",
-                "latency_p50_s", "latency_p90_s")
-
-
 @dataclass(kw_only=True)
 class Score(Record):
     """WER/CER of one model × entry × device × split with what produced it."""
@@ -179,3 +173,8 @@ class Score(Record):
     cuda_peak_allocated_mb: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p50_s: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p90_s: float | None = field(default=None, metadata=OMIT_NONE)
+
+
+# what a Score carries from its gathered Timing beside RTF: its fields with a default, None
+# when read back from a score file written before they were carried
+SCORE_TIMING = tuple(f.name for f in dataclasses.fields(Score) if f.default is None)
