@@ -167,6 +167,25 @@ def test_quantized_head_is_stored_once_and_serves_the_embedding_lookup(
     np.testing.assert_allclose(logits, normed @ w.T, atol=0.05 if bits == 8 else 1e-3)
 
 
+def test_each_utterance_is_encoded_alone(fp32_ckpt, tmp_path):
+    """int8's encoder quantizes activations with one scale per call: run on the whole batch,
+    a row's cross keys would depend on its neighbours; the transcriber's encode does not."""
+    ckpt, _ = fp32_ckpt
+    for name in ("encoder.onnx", "encoder.onnx.data"):
+        shutil.copy(ckpt / name, tmp_path / name)
+    ort.quantize_graph(tmp_path / "encoder.onnx", tmp_path / "int8.onnx", entry("int8-dynamic"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "int8.onnx"))
+    feats = np.ascontiguousarray(torch.cat([FEATS, 4 * FEATS]).numpy())
+    together = dict(zip([o.name for o in session.get_outputs()],
+                        session.run(None, {"input_features": feats})))
+    alone = ort.encode(session, feats)
+    assert list(alone) == ort.cache_names("cross", len(alone) // 2)
+    for name, value in alone.items():
+        assert value.shape == together[name].shape
+        np.testing.assert_array_equal(value[0], ort.encode(session, feats[:1])[name][0])
+    assert any(not np.array_equal(alone[n][0], together[n][0]) for n in alone)
+
+
 def test_what_ort_cannot_take_is_one_clear_error(model_dir, fp32_ckpt, tmp_path):
     assert get("ort").unsupported(entry("fp32"), "cpu") is None
     assert "ONNX Runtime's CPU build" in get("ort").unsupported(entry("int4"), "cuda")

@@ -439,6 +439,17 @@ class OrtWhisper:
         return OrtTranscriber(self, tokenizer, decoding)
 
 
+def encode(session, feats) -> dict:
+    """The encoder graph's outputs (by name) for a batch of log-mels, run an utterance at a
+    time: the exported encoder holds every head's attention weights at once, which at batch
+    16 more than doubled peak RSS for the same time (docs/results/base-mini/README.md,
+    "ort/"); and so int8's per-call activation scales are each utterance's own."""
+    import numpy as np
+
+    runs = [session.run(None, {"input_features": row[None]}) for row in feats]
+    return {o.name: np.concatenate(parts) for o, parts in zip(session.get_outputs(), zip(*runs))}
+
+
 class OrtTranscriber:
     """Same contract as decode.Transcriber: ``__call__(feats) -> (texts, timing)``."""
 
@@ -460,7 +471,7 @@ class OrtTranscriber:
         self.max_new_tokens = int(decoding.get("max_new_tokens", 440))
 
     def _encode(self, feats) -> dict:
-        return dict(zip(self.cross, self.encoder.run(None, {"input_features": feats})))
+        return encode(self.encoder, feats)
 
     def _generate(self, cross: dict) -> list[list[int]]:
         """Greedy decoding of a batch from its cross keys/values: each row's text token ids."""
