@@ -167,23 +167,30 @@ def test_quantized_head_is_stored_once_and_serves_the_embedding_lookup(
     np.testing.assert_allclose(logits, normed @ w.T, atol=0.05 if bits == 8 else 1e-3)
 
 
-def test_each_utterance_is_encoded_alone(fp32_ckpt, tmp_path):
-    """int8's encoder quantizes activations with one scale per call: run on the whole batch,
-    a row's cross keys would depend on its neighbours; the transcriber's encode does not."""
+def test_the_encoder_runs_in_chunks_that_bound_its_attention_weights(fp32_ckpt, tmp_path):
+    """The transcriber encodes ``encoder_rows`` utterances per call, as many as keep a layer's
+    attention weights within the budget; each chunk's outputs are the graph's for those rows
+    alone (int8 quantizes activations with one scale per call), in the batch's order."""
     ckpt, _ = fp32_ckpt
     for name in ("encoder.onnx", "encoder.onnx.data"):
         shutil.copy(ckpt / name, tmp_path / name)
     ort.quantize_graph(tmp_path / "encoder.onnx", tmp_path / "int8.onnx", entry("int8-dynamic"))
     session = onnxruntime.InferenceSession(str(tmp_path / "int8.onnx"))
-    feats = np.ascontiguousarray(torch.cat([FEATS, 4 * FEATS]).numpy())
-    together = dict(zip([o.name for o in session.get_outputs()],
-                        session.run(None, {"input_features": feats})))
-    alone = ort.encode(session, feats)
-    assert list(alone) == ort.cache_names("cross", len(alone) // 2)
-    for name, value in alone.items():
-        assert value.shape == together[name].shape
-        np.testing.assert_array_equal(value[0], ort.encode(session, feats[:1])[name][0])
-    assert any(not np.array_equal(alone[n][0], together[n][0]) for n in alone)
+    _, heads, frames, _ = session.get_outputs()[0].shape
+    per_row = 4 * heads * frames ** 2  # one utterance's float32 attention weights, one layer
+    rows = ort.encoder_rows(session)
+    assert rows * per_row <= ort.ENCODER_ATTENTION_BYTES < (rows + 1) * per_row
+    feats = np.ascontiguousarray(torch.cat([FEATS, 4 * FEATS, FEATS / 4]).numpy())
+    names = [o.name for o in session.get_outputs()]
+    assert names == ort.cache_names("cross", len(names) // 2)
+    for k in (1, 2, 3):
+        got = ort.encode(session, feats, k)
+        assert list(got) == names
+        for i in range(0, len(feats), k):
+            for name, want in zip(names, session.run(None, {"input_features": feats[i:i + k]})):
+                np.testing.assert_array_equal(got[name][i:i + k], want)
+    together, alone = ort.encode(session, feats, 3), ort.encode(session, feats, 1)
+    assert any(not np.array_equal(together[n][0], alone[n][0]) for n in names)
 
 
 def test_what_ort_cannot_take_is_one_clear_error(model_dir, fp32_ckpt, tmp_path):

@@ -61,6 +61,10 @@ MATMULS = ("MatMul", "MatMulInteger", "MatMulNBits")
 SUFFIXES = ("_quantized", "_scale", "_zero_point", "_Q4", "_scales", "_zero_points")
 MS = "com.microsoft"
 TIED = "tied_embedding"  # the name of the node that gives the embedding rows (tie_embedding)
+# what one encoder call may hold of a layer's attention weights (encode): the exported encoder
+# computes every head's [frames, frames] weights at once, which at batch 16 more than doubled
+# peak RSS (docs/results/base-mini/README.md, "ort/")
+ENCODER_ATTENTION_BYTES = 256 * 2**20
 
 
 def _facts(entry: dict) -> dict:
@@ -439,15 +443,26 @@ class OrtWhisper:
         return OrtTranscriber(self, tokenizer, decoding)
 
 
-def encode(session, feats) -> dict:
-    """The encoder graph's outputs (by name) for a batch of log-mels, run an utterance at a
-    time: the exported encoder holds every head's attention weights at once, which at batch
-    16 more than doubled peak RSS for the same time (docs/results/base-mini/README.md,
-    "ort/"); and so int8's per-call activation scales are each utterance's own."""
+def encoder_rows(session) -> int:
+    """Utterances per encoder call: as many as keep a layer's float32 attention weights (heads
+    × frames × frames each) within ENCODER_ATTENTION_BYTES, at least one (3 for base)."""
+    _, heads, frames, _ = session.get_outputs()[0].shape  # a layer's cross keys
+    return max(1, ENCODER_ATTENTION_BYTES // (4 * heads * frames ** 2))
+
+
+def encode(session, feats, rows: int) -> dict:
+    """The encoder graph's outputs (by name) for a batch of log-mels, ``rows`` utterances per
+    call, each call's written into its rows of the batch's arrays."""
     import numpy as np
 
-    runs = [session.run(None, {"input_features": row[None]}) for row in feats]
-    return {o.name: np.concatenate(parts) for o, parts in zip(session.get_outputs(), zip(*runs))}
+    out = {}
+    for i in range(0, len(feats), rows):
+        run = session.run(None, {"input_features": feats[i:i + rows]})
+        for o, value in zip(session.get_outputs(), run):
+            if o.name not in out:
+                out[o.name] = np.empty((len(feats), *value.shape[1:]), value.dtype)
+            out[o.name][i:i + len(value)] = value
+    return out
 
 
 class OrtTranscriber:
@@ -461,6 +476,7 @@ class OrtTranscriber:
         self.tokenizer = tokenizer
         # the cache's names and per-row shape [heads, 0, head_dim], as the graphs declare them
         self.cross = [o.name for o in self.encoder.get_outputs()]
+        self.encoder_rows = encoder_rows(self.encoder)
         past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_")]
         self.past = [i.name for i in past]
         self.head_shape = (past[0].shape[1], past[0].shape[3])
@@ -471,7 +487,7 @@ class OrtTranscriber:
         self.max_new_tokens = int(decoding.get("max_new_tokens", 440))
 
     def _encode(self, feats) -> dict:
-        return encode(self.encoder, feats)
+        return encode(self.encoder, feats, self.encoder_rows)
 
     def _generate(self, cross: dict) -> list[list[int]]:
         """Greedy decoding of a batch from its cross keys/values: each row's text token ids."""
