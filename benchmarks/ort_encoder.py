@@ -62,7 +62,7 @@ def child(args) -> None:
                       "checksum": float(sum(o[:, :, :8].astype(np.float64).sum() for o in out))}))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path, help="an ORT checkpoint folder")
@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results_ort_encoder.json"))
     p.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child:
         return child(args)
     repeats = []

@@ -2,6 +2,7 @@
 serves the embedding lookup, support rows and errors (random models), then real tiny.en
 against transformers fp32 (slow)."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -191,6 +192,23 @@ def test_the_encoder_runs_in_chunks_that_bound_its_attention_weights(fp32_ckpt, 
                 np.testing.assert_array_equal(got[name][i:i + k], want)
     together, alone = ort.encode(session, feats, 3), ort.encode(session, feats, 1)
     assert any(not np.array_equal(together[n][0], alone[n][0]) for n in names)
+
+
+def test_encoder_benchmark_pairs_chunks_with_the_whole_batch(fp32_ckpt, tmp_path):
+    from test_benchmarks import import_benchmark
+
+    ckpt, _ = fp32_ckpt
+    out = tmp_path / "enc.json"
+    import_benchmark("ort_encoder").main(["--ckpt", str(ckpt), "--batch-size", "2", "--rows", "1",
+                                          "--threads", "1", "--repeats", "2", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert d["rows"] == 1 and len(d["repeats"]) == 2
+    for r in d["repeats"]:
+        runs = r["runs"]
+        assert [runs[w]["rows"] for w in ("whole-batch", "chunks")] == [2, 1]
+        assert r["time_ratio"] == runs["chunks"]["seconds"] / runs["whole-batch"]["seconds"]
+        # fp32: the same cross keys either way
+        assert runs["chunks"]["checksum"] == pytest.approx(runs["whole-batch"]["checksum"])
 
 
 def test_what_ort_cannot_take_is_one_clear_error(model_dir, fp32_ckpt, tmp_path):
