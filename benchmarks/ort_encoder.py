@@ -33,15 +33,10 @@ WAYS = ("whole-batch", "chunks")
 
 def child(args) -> None:
     import numpy as np
-    import onnxruntime as rt
 
     from whisper_ptq.quantizers import ort
 
-    options = rt.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-    options.enable_mem_pattern = False  # as the transcriber's session (ort.OrtWhisper)
-    session = rt.InferenceSession(str(args.ckpt / "encoder.onnx"), options,
-                                  providers=["CPUExecutionProvider"])
+    session = ort.load_session(args.ckpt / "encoder.onnx", args.threads)
     n_mels = session.get_inputs()[0].shape[1]
     feats = (np.random.default_rng(0).standard_normal((args.batch_size, n_mels, 3000))
              * 0.5).astype(np.float32)

@@ -408,30 +408,33 @@ class Exported:
 
 
 # -- transcription --------------------------------------------------------------------------
+def load_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session of one graph, as the transcription step runs it."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise PipelineError(f"{path} is missing: the checkpoint is incomplete")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.log_severity_level = 3  # errors only: the exporter's graphs warn on merge
+    # memory patterns plan buffers for fixed shapes; the cache grows every step, and with
+    # them peak RSS nearly doubled (docs/results/base-mini/README.md, "ort/")
+    options.enable_mem_pattern = False
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT's own exception types (InvalidProtobuf, Fail, ...)
+        raise PipelineError(f"{path} is not an ONNX model ONNX Runtime can load: "
+                            f"{type(e).__name__}: {str(e).strip()[:300]}") from None
+
+
 class OrtWhisper:
     """The two ONNX Runtime sessions of a checkpoint, with what the transcription step needs."""
 
     def __init__(self, ckpt_dir: Path, model_dir, threads: int):
-        import onnxruntime as ort
         from transformers import GenerationConfig
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.log_severity_level = 3  # errors only: the exporter's graphs warn on merge
-        # memory patterns plan buffers for fixed shapes; the cache grows every step, and with
-        # them peak RSS nearly doubled (docs/results/base-mini/README.md, "ort/")
-        options.enable_mem_pattern = False
-        self.sessions = {}
-        for graph in GRAPHS:
-            path = ckpt_dir / f"{graph}.onnx"
-            if not path.is_file():
-                raise PipelineError(f"{path} is missing: the checkpoint is incomplete")
-            try:
-                self.sessions[graph] = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"])
-            except Exception as e:  # ORT's own exception types (InvalidProtobuf, Fail, ...)
-                raise PipelineError(f"{path} is not an ONNX model ONNX Runtime can load: "
-                                    f"{type(e).__name__}: {str(e).strip()[:300]}") from None
+        self.sessions = {graph: load_session(ckpt_dir / f"{graph}.onnx", threads)
+                         for graph in GRAPHS}
         self.generation_config = GenerationConfig.from_pretrained(model_dir)
         self.runtime_info = {"runtime": "onnxruntime", "version": _version(),
                              "intra_op_num_threads": threads, "inter_op_num_threads": 1,
@@ -455,13 +458,12 @@ def encode(session, feats, rows: int) -> dict:
     call, each call's written into its rows of the batch's arrays."""
     import numpy as np
 
-    out = {}
+    names, out = [o.name for o in session.get_outputs()], {}
     for i in range(0, len(feats), rows):
-        run = session.run(None, {"input_features": feats[i:i + rows]})
-        for o, value in zip(session.get_outputs(), run):
-            if o.name not in out:
-                out[o.name] = np.empty((len(feats), *value.shape[1:]), value.dtype)
-            out[o.name][i:i + len(value)] = value
+        for name, value in zip(names, session.run(None, {"input_features": feats[i:i + rows]})):
+            if name not in out:
+                out[name] = np.empty((len(feats), *value.shape[1:]), value.dtype)
+            out[name][i:i + len(value)] = value
     return out
 
 
@@ -475,7 +477,6 @@ class OrtTranscriber:
         self.encoder, self.decoder = whisper.sessions["encoder"], whisper.sessions["decoder"]
         self.tokenizer = tokenizer
         # the cache's names and per-row shape [heads, 0, head_dim], as the graphs declare them
-        self.cross = [o.name for o in self.encoder.get_outputs()]
         self.encoder_rows = encoder_rows(self.encoder)
         past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_")]
         self.past = [i.name for i in past]
@@ -493,7 +494,7 @@ class OrtTranscriber:
         """Greedy decoding of a batch from its cross keys/values: each row's text token ids."""
         import numpy as np
 
-        batch = len(cross[self.cross[0]])
+        batch = len(next(iter(cross.values())))
         empty = np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), dtype=np.float32)
         past = dict.fromkeys(self.past, empty)
         tokens = np.tile(self.prompt, (batch, 1))
