@@ -1,6 +1,7 @@
 """Run the real Snakemake pipeline on a small real study, in a temporary copy of the workflow.
 
-Used by test_reruns, test_resume, test_provenance and test_slurm. The copy (Snakefile,
+Used by test_pipeline, test_reruns, test_resume, test_provenance, test_shards_run and
+test_slurm. The copy (Snakefile,
 workflow/, envs/, profiles/, a `slurm` link) is its own git repository so provenance records a
 commit, and nothing a test touches (a library module's mtime) affects the checkout or the
 other engineers' runs. The small study: real tiny.en weights, real LibriSpeech mini
@@ -124,6 +125,36 @@ def reference_run(tmp_path_factory, model_dir, mini_dir) -> tuple[Path, Path]:
         snakemake(wf, run, "--cores", "2")
         _CACHE["ref"] = (wf, run)
     return _CACHE["ref"]
+
+
+README_ENTRIES = ("fp32", "torch-int8-dyn")
+README_LIMIT = 8
+
+
+def readme_args(model_dir, mini_dir, *extra) -> list[str]:
+    """The README's quick mini run: config.yaml + the offline-mini overlay, 8 utterances."""
+    return ["--configfile", "config.yaml", "examples/offline-mini.yaml", "--config",
+            f"model={model_dir}", f"librispeech_url={mini_dir.as_uri()}",
+            f"limit={README_LIMIT}", *extra]
+
+
+def readme_run(tmp_path_factory, model_dir, mini_dir) -> tuple[Path, list[str], str]:
+    """(workflow copy, its config arguments, the run's log) of the README's quick mini run with
+    default devices, from the copy's root, for two entries over both splits. Made once per
+    test session and shared (test_pipeline, test_shards_run); tests must not change it."""
+    if "readme" not in _CACHE:
+        from whisper_ptq.config import cuda_visible
+
+        wf = copy_workflow(tmp_path_factory.mktemp("readme") / "wf")
+        shutil.copy2(REPO / "config.yaml", wf / "config.yaml")
+        shutil.copytree(REPO / "examples", wf / "examples")
+        # threads=1: two jobs share the two cores (each job's start-up is one thread's work);
+        # devices stay auto, which is cpu here (test_shards_run checks it where it can)
+        args = readme_args(model_dir, mini_dir, f"only={','.join(README_ENTRIES)}", "threads=1",
+                           *(["devices=cpu"] if cuda_visible() else []))
+        proc = snakemake(wf, wf, "--cores", "2", *args)
+        _CACHE["readme"] = (wf, args, proc.stdout + proc.stderr)
+    return _CACHE["readme"]
 
 
 def results(run: Path) -> dict:

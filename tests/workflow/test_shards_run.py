@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -13,18 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_run import (REPO, copy_workflow, env, results, snakemake, snakemake_cmd,
-                          write_config, small_config)
+from pipeline_run import (readme_args, readme_run, results, snakemake, snakemake_cmd,
+                          write_config, small_config, env)
 from test_slurm import dry_run_jobs
 
 from whisper_ptq.config import cuda_visible
-
-
-def readme_args(tiny_en_dir, mini_dir, *extra):
-    """The README's quick mini run: config.yaml + the offline-mini overlay, tiny.en, 8 utts."""
-    return ["--configfile", "config.yaml", "examples/offline-mini.yaml", "--config",
-            f"model={tiny_en_dir}", f"librispeech_url={mini_dir.as_uri()}", "limit=8",
-            "only=fp32", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +24,8 @@ def default_devices_run(tmp_path_factory, tiny_en_dir, mini_dir):
     """The README command run from a workflow copy's root with default devices."""
     if cuda_visible():
         pytest.skip("this machine has CUDA: devices auto plans cuda jobs here")
-    wf = copy_workflow(tmp_path_factory.mktemp("auto") / "wf")
-    shutil.copy2(REPO / "config.yaml", wf / "config.yaml")
-    shutil.copytree(REPO / "examples", wf / "examples")
-    # threads=1: the two transcribe jobs share the two cores instead of taking turns
-    proc = snakemake(wf, wf, "--cores", "2", *readme_args(tiny_en_dir, mini_dir, "threads=1"))
-    return wf, proc.stdout + proc.stderr
+    wf, _, log = readme_run(tmp_path_factory, tiny_en_dir, mini_dir)
+    return wf, log
 
 
 @pytest.mark.slow
@@ -51,7 +39,7 @@ def test_default_devices_on_a_cpu_machine_then_slurm_plans_cuda(default_devices_
 
     # the same command through the SLURM profile (a GPU-less login node): the cuda half
     proc = snakemake(wf, wf, "--profile", "slurm", "-n", "--cores", "64",
-                     *readme_args(tiny_en_dir, mini_dir), cwd=wf)
+                     *readme_args(tiny_en_dir, mini_dir, "only=fp32"), cwd=wf)
     planned = dry_run_jobs(proc.stdout + proc.stderr)
     transcribe = [j for j in planned if j["rule"] == "transcribe"]
     assert {j["wildcards"]["device"] for j in transcribe} == {"cuda"}
@@ -65,7 +53,7 @@ def test_default_devices_on_a_cpu_machine_then_slurm_plans_cuda(default_devices_
     assert {j["rule"] for j in planned} == {"transcribe", "score", "report", "all"}
 
     # an explicit cuda on this machine stops before any job, with one line naming it
-    bad = snakemake(wf, wf, "-n", *readme_args(tiny_en_dir, mini_dir, "devices=cuda"),
+    bad = snakemake(wf, wf, "-n", *readme_args(tiny_en_dir, mini_dir, "only=fp32", "devices=cuda"),
                     check=False)
     out = bad.stdout + bad.stderr
     assert bad.returncode != 0 and "rule " not in out
