@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from whisper_ptq import PipelineError, report
-from whisper_ptq.records import Score
+from whisper_ptq.records import SCORE_TIMING, Score
 
 OLD_COLUMNS = [
     "model", "entry", "device", "split", "status", "library", "weights", "activations",
@@ -335,3 +335,41 @@ def test_table1_from_a_committed_runs_csv_is_unchanged(tmp_path, run):
     df = report.read_runs(folder / "runs.csv")
     report.draw(df, md=tmp_path / "table1.md")
     assert (tmp_path / "table1.md").read_text() == (folder / "table1.md").read_text()
+
+
+def test_cost_table_gives_time_memory_and_size_per_entry(tmp_path):
+    """cost.md: RTF per split, encoder / decoder seconds summed over the splits, the larger
+    peak RSS of the two splits' jobs, size on disk; a column no row has is left out, and a
+    runs.csv from before these columns says so instead of showing empty columns."""
+    scores = study()
+    timing = {("fp32", "test-clean"): (30.0, 12.0, 1500.0), ("fp32", "test-other"): (20.0, 9.5, 1700.0),
+              ("int8", "test-clean"): (10.0, 4.0, 900.0), ("int8", "test-other"): (8.0, 3.0, 950.0)}
+    for s in scores:
+        s.encoder_seconds, s.decoder_seconds, s.peak_rss_mb = timing[(s.entry, s.split)]
+        s.bytes_on_disk = 290_400_000 if s.entry == "fp32" else 76_400_000
+    out = outputs(tmp_path)
+    cost = tmp_path / "report" / "cost.md"
+    report.build(write_scores(tmp_path, scores), [{"model": "base", "entry": "q4", "device": "cpu",
+                                                   "split": "test-clean", "reason": "no kernels"}],
+                 **out, n_resamples=200, cost_md=cost)
+    text = cost.read_text()
+    header = next(l for l in text.splitlines() if l.startswith("| Entry"))
+    assert header == "| Entry | RTF c | RTF o | Enc. s | Dec. s | Peak RSS MiB | Size MB |"
+    assert md_rows(text) == [["fp32", "0.500", "0.500", "50.0", "21.5", "1700", "290.4"],
+                             ["int8", "0.300", "0.300", "18.0", "7.0", "950", "76.4"]]
+    assert "### base — cpu" in text and "p50" not in header and "(No encoder" not in text
+
+    # replot writes it from runs.csv alone; a runs.csv from before the timing columns has
+    # RTF and size only
+    old = tmp_path / "old.csv"
+    with open(out["out_csv"]) as f, open(old, "w", newline="") as g:
+        rows = csv.DictReader(f)
+        w = csv.DictWriter(g, [c for c in rows.fieldnames if c not in SCORE_TIMING],
+                           extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    report.replot(old, tmp_path / "replot")
+    text = (tmp_path / "replot" / "cost.md").read_text()
+    assert next(l for l in text.splitlines() if l.startswith("| Entry")) == \
+        "| Entry | RTF c | RTF o | Size MB |"
+    assert "(No encoder / decoder split or peak memory in these rows" in text

@@ -28,6 +28,9 @@ REPORT_OUTPUTS = {
     "csv": report(
         f"{REPORT_DIR}/runs.csv", caption="../report/runs.rst", category="2 Tables"
     ),
+    "cost": report(
+        f"{REPORT_DIR}/cost.md", caption="../report/cost.rst", category="2 Tables"
+    ),
     "summary": f"{REPORT_DIR}/summary.txt",
     # the run's config: `snakemake --report report.html --configfile <this>`
     "config": f"{REPORT_DIR}/config.yaml",
@@ -64,7 +67,7 @@ if STUDY.sweep:
 
 
 rule report:
-    """Runs table, Table 1 (md/tex), terminal summary, main figure, Fig. 1, Pareto,
+    """Runs table, Table 1 (md/tex), cost table, terminal summary, main figure, Fig. 1, Pareto,
     noise and sweep figures, from every selected run's score file and its fp32 baseline.
     """
     input:

@@ -231,7 +231,7 @@ def report(spec, input, output, threads):
                  noise_png=output.get("noise"), n_resamples=boot["resamples"], seed=boot["seed"],
                  sweep=spec["sweep"], sweep_md=output.get("sweep_md"),
                  sweep_png=output.get("sweep"), order=spec["order"],
-                 main_png=output["dwer"], summary=output["summary"])
+                 main_png=output["dwer"], summary=output["summary"], cost_md=output["cost"])
     # the run's config, for `snakemake --report ... --configfile <it>`
     with atomic_path(output["config"]) as tmp:
         tmp.write_text(yaml.safe_dump(recorded_config(spec), sort_keys=False))

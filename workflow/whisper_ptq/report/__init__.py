@@ -42,12 +42,14 @@ def degradation(rows: list[dict], scores: dict, *, n_resamples=DEFAULT_RESAMPLES
 
 
 def draw(df, *, md=None, tex=None, png=None, pdf=None, main_png=None, pareto=None,
-         noise_png=None, sweep=None, sweep_md=None, sweep_png=None, summary=None, notes=()):
+         noise_png=None, sweep=None, sweep_md=None, sweep_png=None, summary=None, cost_md=None,
+         notes=()):
     """Every table and figure from the runs table ``df`` (``read_runs``); None skips one.
     ``pareto`` maps device → png path; ``sweep`` is ``Study.sweep``."""
     for path, text in ((md, lambda: tables.markdown_table(df, notes)),
                        (tex, lambda: tables.latex_table(df)),
-                       (summary, lambda: tables.summary(df))):
+                       (summary, lambda: tables.summary(df)),
+                       (cost_md, lambda: tables.cost_markdown(df))):
         if path is not None:
             _write(path, text())
     if main_png is not None:
@@ -67,7 +69,7 @@ def draw(df, *, md=None, tex=None, png=None, pdf=None, main_png=None, pareto=Non
 def build(score_paths, unsupported: list[dict], out_csv, out_md, out_tex, out_png, out_pdf, *,
           pareto: dict | None = None, noise_png=None, n_resamples: int = DEFAULT_RESAMPLES,
           seed: int = DEFAULT_SEED, sweep: dict | None = None, sweep_md=None, sweep_png=None,
-          order: list[str] | None = None, main_png=None, summary=None):
+          order: list[str] | None = None, main_png=None, summary=None, cost_md=None):
     """Write every report output; ``pareto`` maps device → png path; ``sweep`` is
     ``Study.sweep`` ({"entry": name, "parts": {part: entry name}}); ``order`` lists the entry
     names in the order the tables give them (``Study.entry_order()``). Figures also get a
@@ -85,14 +87,14 @@ def build(score_paths, unsupported: list[dict], out_csv, out_md, out_tex, out_pn
     df = read_runs(out_csv)  # what replot reads: build and replot draw the same figures
     draw(df, md=out_md, tex=out_tex, png=out_png, pdf=out_pdf, main_png=main_png, pareto=pareto,
          noise_png=noise_png, sweep=sweep, sweep_md=sweep_md, sweep_png=sweep_png,
-         summary=summary, notes=notes)
+         summary=summary, cost_md=cost_md, notes=notes)
     return df
 
 
 def replot(runs_csv, out_dir) -> list[Path]:
-    """Redraw the figures (and the sweep table) of a runs.csv into ``out_dir``: fig1, the
-    main figure, one Pareto plot per device, noise.png when the runs have noisy splits,
-    sweep.png/.md when they have sweep entries. Returns the PNG paths written."""
+    """Redraw the figures (and the cost and sweep tables) of a runs.csv into ``out_dir``:
+    fig1, the main figure, one Pareto plot per device, cost.md, noise.png when the runs have
+    noisy splits, sweep.png/.md when they have sweep entries. Returns the PNG paths written."""
     df = read_runs(runs_csv)
     out = Path(out_dir)
     ok = df[df["status"] == "ok"]
@@ -101,7 +103,7 @@ def replot(runs_csv, out_dir) -> list[Path]:
     noise_png = out / "noise.png" if (ok["noise"] != "").any() else None
     fig1 = {"test-clean", "test-other"} <= set(ok["split"])
     kw = dict(png=out / "fig1.png" if fig1 else None, main_png=out / "dwer.png", pareto=pareto,
-              noise_png=noise_png)
+              noise_png=noise_png, cost_md=out / "cost.md")
     if sweep:
         kw.update(sweep=sweep, sweep_png=out / "sweep.png", sweep_md=out / "sweep.md")
     draw(df, **kw)

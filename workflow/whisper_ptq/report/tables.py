@@ -1,5 +1,5 @@
-"""Table 1 (Markdown, LaTeX), the models comparison, the sweep table and the terminal summary,
-all pivots of the tidy runs table (``runs.read_runs``)."""
+"""Table 1 (Markdown, LaTeX), the cost table, the models comparison, the sweep table and the
+terminal summary, all pivots of the tidy runs table (``runs.read_runs``)."""
 
 from __future__ import annotations
 
@@ -149,6 +149,63 @@ def model_comparison(df: pd.DataFrame) -> str:
     for m in models:
         table[f"Size red. % {m}"] = [_fmt(v, 1) for v in wide[("size", m)]]
     return _markdown(table)
+
+
+# the cost table's columns: (heading, runs.csv column, per split or over the splits, how the
+# splits combine, scale, digits); a column no row of a block has is left out of that block
+COST_COLUMNS = (
+    ("RTF", "rtf", "split", None, 1, 3),
+    ("Enc. s", "encoder_seconds", "pooled", "sum", 1, 1),
+    ("Dec. s", "decoder_seconds", "pooled", "sum", 1, 1),
+    ("Peak RSS MiB", "peak_rss_mb", "pooled", "max", 1, 0),
+    ("Peak CUDA MiB", "cuda_peak_allocated_mb", "pooled", "max", 1, 0),
+    ("p50", "latency_p50_s", "split", None, 1, 2),
+    ("p90", "latency_p90_s", "split", None, 1, 2),
+    ("Size MB", "bytes_on_disk", "pooled", "first", 1e-6, 1),
+)
+COST_LEGEND = (
+    "RTF per split (Table 1 pools them); Enc. s / Dec. s = the timed seconds in the encoder and "
+    "in the decoding loop, summed over the splits; peak RSS = the largest resident set of the "
+    "entry's transcription jobs, peak CUDA = torch's largest CUDA allocation (a runtime's own "
+    "CUDA memory is not in it); p50 / p90 = per-utterance latency in seconds (`timing: "
+    "{regime: latency}` only); size = the checkpoint on disk (MB = 10⁶ bytes). Times are of one "
+    "run on one machine: compare entries within a block, and speed across runs through the "
+    "paired benchmarks (benchmarks/README.md).")
+
+
+def cost_markdown(df: pd.DataFrame) -> str:
+    """What each entry costs beside its accuracy (cost.md): per model × device, RTF per
+    split, encoder / decoder seconds, peak memory, latency and size on disk, from the plain
+    splits' rows of runs.csv; columns without a value in a block are left out."""
+    rows = plain(df)
+    ok = rows[rows["status"] == "ok"]
+    splits = split_order(set(ok["split"]))
+    lines = ["## What each entry costs: time, memory, size", ""]
+    for (model, device), block in ok.groupby(["model", "device"], sort=True):
+        keys = _ordered_keys(block)
+        index = pd.MultiIndex.from_tuples(keys, names=KEY)
+        g = block.groupby(KEY, sort=False)
+        table = pd.DataFrame({"Entry": [k[2] for k in keys]})
+        for heading, col, kind, how, scale, digits in COST_COLUMNS:
+            if block[col].isna().all():
+                continue
+            if kind == "split":
+                pivot = block.pivot_table(index=KEY, columns="split", values=col,
+                                          aggfunc="first", dropna=False)
+                for s in splits:
+                    vals = pivot[s].reindex(index) if s in pivot else [None] * len(keys)
+                    table[f"{heading} {SHORT.get(s, s)}"] = [_fmt(v, digits) for v in vals]
+            else:
+                vals = getattr(g[col], how)(min_count=1) if how == "sum" else getattr(g[col], how)()
+                table[heading] = [_fmt(v * scale, digits) for v in vals.reindex(index)]
+        lines += [f"### {model} — {device}", "", _markdown(table), ""]
+    if ok.empty:
+        lines += ["No scored runs.", ""]
+    elif ok[[c for _, c, *_ in COST_COLUMNS[1:5]]].isna().all().all():
+        lines += ["(No encoder / decoder split or peak memory in these rows: they were "
+                  "scored before runs.csv carried them.)", ""]
+    lines.append(COST_LEGEND)
+    return "\n".join(lines) + "\n"
 
 
 def _tex(s) -> str:
