@@ -98,6 +98,7 @@ def test_parts_do_not_exceed_total_and_memory_is_filled(model_and_tokenizer, ran
     assert t["rtfx"] == pytest.approx(1 / t["rtf"])
     assert t["generated_tokens"] > 0 and t["tokens_per_second"] > 0
     assert t["peak_rss_mb"] > 100  # torch alone is larger than that
+    assert 100 < t["timed_peak_rss_mb"] <= t["peak_rss_mb"]
     assert t["cuda_peak_allocated_mb"] is None and t["threads"] == 1
     json.dumps(t)  # serialisable as is
 
@@ -160,3 +161,21 @@ def test_utterance_over_30_s_is_transcribed_whole(tiny_en_dir, clean_split_dir, 
     last_words = score_utterance(chosen[-1].reference, rows[0]["hypothesis"])
     assert s["words"]["deletions"] < 0.2 * s["words"]["n"]  # not cut at 30 s
     assert last_words["words"]["hits"] >= 0.7 * last_words["words"]["n"]
+
+
+def test_timed_peak_rss_leaves_out_what_was_freed_before_the_loop():
+    """A load that briefly holds two copies of a model must not count as the loop's memory:
+    memory_reset restarts the peak mark, and the job's own peak is kept beside it."""
+    from whisper_ptq.decode import memory_reset, memory_stats, peak_rss_mb
+
+    mib = 2**20
+    loading = np.ones(600 * mib, dtype=np.uint8)  # touched pages: resident
+    with_loading = peak_rss_mb()
+    del loading  # a large array is unmapped when freed
+    before = memory_reset("cpu")
+    assert before["timed"], "this Linux refused clear_refs; the timed peak would be None"
+    loop = np.ones(100 * mib, dtype=np.uint8)
+    mem = memory_stats("cpu", before)
+    assert mem["peak_rss_mb"] >= with_loading - 1  # the kernel's RSS counters lag a little
+    assert mem["timed_peak_rss_mb"] <= with_loading - 400
+    assert mem["timed_peak_rss_mb"] >= peak_rss_mb() - 1 and loop.sum() == 100 * mib

@@ -97,8 +97,27 @@ def make_batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process since it started or since ``rss_peak_reset``
+    (Linux: VmHWM; elsewhere getrusage's, which cannot be reset)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_peak_reset() -> bool:
+    """Restart the peak-RSS mark at the current RSS (Linux ``clear_refs`` 5, kernel 4.0+);
+    False where the kernel or a sandbox does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class Transcriber:
@@ -156,15 +175,26 @@ def make_transcriber(model, tokenizer, device: str, decoding: dict):
     return Transcriber(model, tokenizer, device, decoding)
 
 
-def cuda_memory_reset(device: str) -> None:
+def memory_reset(device: str) -> dict:
+    """Before the timed loop: the job's peak RSS so far (loading and warm-up), then the peak
+    marks restarted, so that ``memory_stats`` also gives the timed loop's own peaks (a
+    quantizer's load can hold the fp32 model and its quantized copy at once)."""
+    so_far = peak_rss_mb()
+    timed = rss_peak_reset()
     if device == "cuda":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    return {"before_mb": so_far, "timed": timed}
 
 
-def memory_stats(device: str) -> dict:
-    mem = {"peak_rss_mb": peak_rss_mb(), "cuda_peak_allocated_mb": None, "cuda_peak_reserved_mb": None}
+def memory_stats(device: str, before: dict) -> dict:
+    """Peak RSS of the whole job, of the timed loop alone (None where the mark could not be
+    restarted), and torch's CUDA peaks in the timed loop."""
+    peak = peak_rss_mb()
+    mem = {"peak_rss_mb": max(peak, before["before_mb"]),
+           "timed_peak_rss_mb": peak if before["timed"] else None,
+           "cuda_peak_allocated_mb": None, "cuda_peak_reserved_mb": None}
     if device == "cuda":
         import torch
 
@@ -220,7 +250,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         warmup.append(batches[-1])
     for batch in warmup:
         transcriber(stack(batch))
-    cuda_memory_reset(device)
+    memory = memory_reset(device)
     out_rows, parts = [], []
     for batch in progress_bar(batches, split, progress):
         texts, t = transcriber(stack(batch))
@@ -246,7 +276,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
         "batch_seconds": [p["total"] for p in parts],
         "warmup_batches": min(warmup_batches, len(batches)),  # the protocol's, equal in every shard
         "threads": threads if threads is not None else torch.get_num_threads(),
-        **memory_stats(device),
+        **memory_stats(device, memory),
         "shard": {"index": index, "count": count, "start": start, "stop": stop,
                   "size": shard_size or None},
         "sorted_by_length": sort,

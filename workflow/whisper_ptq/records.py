@@ -115,6 +115,8 @@ class _TimingFields(Record):
     # latency regime only (decode.latency_stats)
     latency_p50_s: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p90_s: float | None = field(default=None, metadata=OMIT_NONE)
+    # peak RSS of the timed loop alone (decode.memory_stats); None in timings written before
+    timed_peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -170,6 +172,7 @@ class Score(Record):
     encoder_seconds: float | None = field(default=None, metadata=OMIT_NONE)
     decoder_seconds: float | None = field(default=None, metadata=OMIT_NONE)
     peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
+    timed_peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
     cuda_peak_allocated_mb: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p50_s: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p90_s: float | None = field(default=None, metadata=OMIT_NONE)

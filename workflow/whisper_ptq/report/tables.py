@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..records import SCORE_TIMING
 from ..stats import TOO_LONG
 from .runs import BASELINE
 
@@ -158,6 +159,7 @@ COST_COLUMNS = (
     ("Enc. s", "encoder_seconds", "pooled", "sum", 1, 1),
     ("Dec. s", "decoder_seconds", "pooled", "sum", 1, 1),
     ("Peak RSS MiB", "peak_rss_mb", "pooled", "max", 1, 0),
+    ("Timed peak MiB", "timed_peak_rss_mb", "pooled", "max", 1, 0),
     ("Peak CUDA MiB", "cuda_peak_allocated_mb", "pooled", "max", 1, 0),
     ("p50", "latency_p50_s", "split", None, 1, 2),
     ("p90", "latency_p90_s", "split", None, 1, 2),
@@ -166,7 +168,8 @@ COST_COLUMNS = (
 COST_LEGEND = (
     "RTF per split (Table 1 pools them); Enc. s / Dec. s = the timed seconds in the encoder and "
     "in the decoding loop, summed over the splits; peak RSS = the largest resident set of the "
-    "entry's transcription jobs (model loading included), peak CUDA = torch's largest CUDA allocation (a runtime's own "
+    "entry's transcription jobs (model loading included), timed peak = that of their timed "
+    "loops alone (after loading and warm-up), peak CUDA = torch's largest CUDA allocation (a runtime's own "
     "CUDA memory is not in it); p50 / p90 = per-utterance latency in seconds (`timing: "
     "{regime: latency}` only); size = the checkpoint on disk (MB = 10⁶ bytes). Times are of one "
     "run on one machine: compare entries within a block, and speed across runs through the "
@@ -201,7 +204,7 @@ def cost_markdown(df: pd.DataFrame) -> str:
         lines += [f"### {model} — {device}", "", _markdown(table), ""]
     if ok.empty:
         lines += ["No scored runs.", ""]
-    elif ok[[c for _, c, *_ in COST_COLUMNS[1:5]]].isna().all().all():
+    elif ok[[c for _, c, *_ in COST_COLUMNS if c in SCORE_TIMING]].isna().all().all():
         lines += ["(No encoder / decoder split or peak memory in these rows: they were "
                   "scored before runs.csv carried them.)", ""]
     lines.append(COST_LEGEND)
