@@ -169,11 +169,11 @@ COST_LEGEND = (
     "RTF per split (Table 1 pools them); Enc. s / Dec. s = the timed seconds in the encoder and "
     "in the decoding loop, summed over the splits; peak RSS = the largest resident set of the "
     "entry's transcription jobs (model loading included), timed peak = that of their timed "
-    "loops alone (after loading and warm-up), peak CUDA = torch's largest CUDA allocation (a runtime's own "
-    "CUDA memory is not in it); p50 / p90 = per-utterance latency in seconds (`timing: "
-    "{regime: latency}` only); size = the checkpoint on disk (MB = 10⁶ bytes). Times are of one "
-    "run on one machine: compare entries within a block, and speed across runs through the "
-    "paired benchmarks (benchmarks/README.md).")
+    "loops alone (after loading and warm-up), peak CUDA = torch's largest CUDA allocation in "
+    "them (a runtime's own CUDA memory is not in it); p50 / p90 = per-utterance latency in "
+    "seconds (`timing: {regime: latency}` only); size = the checkpoint on disk (MB = 10⁶ "
+    "bytes). Times are of one run on one machine: compare entries within a block, and speed "
+    "across runs through the paired benchmarks (benchmarks/README.md).")
 
 
 def cost_markdown(df: pd.DataFrame) -> str:
