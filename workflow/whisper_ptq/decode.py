@@ -177,8 +177,8 @@ def make_transcriber(model, tokenizer, device: str, decoding: dict):
 
 def memory_reset(device: str) -> dict:
     """Before the timed loop: the job's peak RSS so far (loading and warm-up), then the peak
-    marks restarted, so that ``memory_stats`` also gives the timed loop's own peaks (a
-    quantizer's load can hold the fp32 model and its quantized copy at once)."""
+    marks restarted, so that ``memory_stats`` also gives the timed loop's own peaks, apart
+    from a load that may hold the fp32 model beside its quantized copy (torch.ao's does)."""
     so_far = peak_rss_mb()
     timed = rss_peak_reset()
     if device == "cuda":
