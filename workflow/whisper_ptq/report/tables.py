@@ -40,6 +40,15 @@ def _ordered_keys(df: pd.DataFrame) -> list[tuple]:
     return sorted(keys, key=lambda k: (k[0], k[1], k[2] != BASELINE, keys.index(k)))
 
 
+def per_split(rows: pd.DataFrame, col: str, index: pd.MultiIndex, splits) -> dict:
+    """{split: ``col`` of that split's row for each (model, device, entry) of ``index``, None
+    where there is none}."""
+    pivot = rows.pivot_table(index=KEY, columns="split", values=col, aggfunc="first",
+                             dropna=False)
+    return {s: list(pivot[s].reindex(index)) if s in pivot else [None] * len(index)
+            for s in splits}
+
+
 def cells(df: pd.DataFrame):
     """(splits, wide): one row per (model, device, entry) with WER/CER/ΔWER per plain split,
     RTF pooled over them (Σ compute / Σ audio), size reduction; every cell as text."""
@@ -55,11 +64,8 @@ def cells(df: pd.DataFrame):
             zip(ok["entry"], ok[["dwer", "dwer_lo", "dwer_hi", "dwer_significant"]].itertuples(index=False))])
         for col, name in (("wer", "WER"), ("cer", "CER"), ("delta", "ΔWER")):
             src = delta if col == "delta" else ok
-            pivot = src.pivot_table(index=KEY, columns="split", values=col,
-                                    aggfunc="first", dropna=False)
-            for s in splits:
+            for s, vals in per_split(src, col, index, splits).items():
                 label = f"{name}{SHORT.get(s, s)}" + (" [95 % CI]" if col == "delta" else "")
-                vals = pivot[s].reindex(index) if s in pivot else pd.Series(index=index, dtype=object)
                 wide[label] = [v if col == "delta" and isinstance(v, str) else
                                (_fmt(v) if col != "delta" else "–") for v in vals]
         pooled = ok.groupby(KEY, sort=False)[["compute_seconds", "audio_seconds"]].sum()
@@ -193,10 +199,7 @@ def cost_markdown(df: pd.DataFrame) -> str:
             if block[col].isna().all():
                 continue
             if kind == "split":
-                pivot = block.pivot_table(index=KEY, columns="split", values=col,
-                                          aggfunc="first", dropna=False)
-                for s in splits:
-                    vals = pivot[s].reindex(index) if s in pivot else [None] * len(keys)
+                for s, vals in per_split(block, col, index, splits).items():
                     table[f"{heading} {SHORT.get(s, s)}"] = [_fmt(v, digits) for v in vals]
             else:
                 vals = getattr(g[col], how)(min_count=1) if how == "sum" else getattr(g[col], how)()
