@@ -41,7 +41,8 @@ def child(args) -> None:
     feats = (np.random.default_rng(0).standard_normal((args.batch_size, n_mels, 3000))
              * 0.5).astype(np.float32)
 
-    rows = args.batch_size if args.child == "whole-batch" else args.rows or ort.encoder_rows(session)
+    rows = (args.batch_size if args.child == "whole-batch"
+            else args.rows or ort.encoder_rows(session.get_outputs()[0].shape))
 
     def once():
         if args.child == "whole-batch":  # the transcriber before f7c752f

@@ -165,6 +165,29 @@ def random_model_dir(tmp_path_factory) -> Path:
     return make_random_model_dir(tmp_path_factory.mktemp("random-whisper"), tokenizer)
 
 
+@pytest.fixture(scope="session")
+def distinct_model_dir(random_model_dir, tmp_path_factory) -> Path:
+    """The random model with every parameter distinct: its zero biases and unit layer norms
+    would be one initializer each after the ONNX exporter's deduplication of equal constants
+    (trained weights never are equal), and the exported runtimes' tests count linears by
+    their names."""
+    import torch
+
+    from whisper_ptq.modeling import load_fp32
+
+    torch.manual_seed(0)
+    model = load_fp32(random_model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("distinct")
+    model.save_pretrained(out)
+    for f in random_model_dir.iterdir():  # its tokenizer and feature extractor files
+        if not (out / f.name).exists():
+            (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
 # --- SLURM's startup probe ---------------------------------------------------------------
 # Every Snakemake start loads the SLURM executor plugin, which runs `scontrol show config` and
 # waits up to 10 s when SLURM's tools are installed but no controller answers (after

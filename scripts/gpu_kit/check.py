@@ -74,7 +74,7 @@ QUICK_ENTRIES = "fp32,fp16,quanto-int8,hqq-int4-g64,bnb-nf4"
 DEFAULT_SHAPES = "whisper-small,whisper-large-v3"
 # `--entries runtimes`: fp32 and every entry of these libraries (they come last in
 # config.yaml, so a full run's budget may skip them)
-RUNTIMES = ("ct2", "torchao", "whispercpp", "ort")
+RUNTIMES = ("ct2", "torchao", "whispercpp", "ort", "openvino")
 # order in which the large model takes entries while its time lasts
 PRIORITY = ["fp32", "fp16", "bf16", "quanto-int8", "bnb-nf4", "bnb-int8", "hqq-int4-g64",
             "quanto-int4", "hqq-int8-g64", "bnb-fp4", "quanto-fp8"]

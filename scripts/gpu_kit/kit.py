@@ -62,10 +62,10 @@ GRACE_S = 30.0  # past a plan run's budget and overhead before the kit stops it
 SINGLE_RUN = "check"  # the label of a run without a plan
 SPLITS = ("test-clean", "test-other")
 # requirements.txt packages the check itself never uses on the GPU machine
-# workflow / style tools, and the CPU-build runtimes (whisper.cpp, ONNX Runtime) with ORT's
-# exporter: their entries are unsupported rows there
+# workflow / style tools, and the CPU-only runtimes (whisper.cpp, ONNX Runtime, OpenVINO) with
+# the exporter and NNCF: their entries are unsupported rows there
 NOT_NEEDED = {"snakemake", "snakemake-executor-plugin-slurm", "snakefmt", "pywhispercpp",
-              "onnxruntime", "onnx", "onnxscript"}
+              "onnxruntime", "onnx", "onnxscript", "openvino", "nncf"}
 TARGET_PYTHON = "3.12"
 # pip matches manylinux tags exactly: name every glibc the image (Ubuntu 24.04, 2.39) can load
 PLATFORMS = ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"] + [

@@ -106,7 +106,7 @@ def test_example_overlays_validate_on_top_of_config_yaml(overlay, random_model_d
     if overlay == "edge-cpu.yaml":  # batch 1, and each library's entries it names
         assert study.timing["regime"] == "latency"
         assert {study.entries[j.entry]["library"] for j in jobs} == {
-            "fp", "torch", "torchao", "ct2", "whispercpp", "ort"}
+            "fp", "torch", "torchao", "ct2", "whispercpp", "ort", "openvino"}
     if overlay == "torchao-int4-cpu.yaml":  # adds its entries to config.yaml's
         assert set(study.entries) == set(base["entries"]) | {"torchao-int4wo",
                                                              "torchao-int4wo-compiled"}

@@ -479,11 +479,12 @@ def test_runtime_entries_on_a_cuda_13_host_are_rows_not_crashes(monkeypatch, tmp
         names = check.entry_names(study, args)
         libraries = {n: study.entries[n]["library"] for n in names}
         assert names[0] == "fp32" and {libraries[n] for n in names[1:]} == {
-            "ct2", "torchao", "whispercpp", "ort"} == set(check.RUNTIMES)
+            "ct2", "torchao", "whispercpp", "ort", "openvino"} == set(check.RUNTIMES)
         assert {n for n in study.entries if study.entries[n]["library"] in check.RUNTIMES} \
             == set(names[1:])
         unsupported = [n for n in names if study.unsupported_reason(n, "cuda")]
-        assert unsupported == [n for n in names if libraries[n] in ("ct2", "whispercpp", "ort")]
+        assert unsupported == [n for n in names
+                               if libraries[n] in ("ct2", "whispercpp", "ort", "openvino")]
         res = check.Results(tmp_path, check.device_header("cpu", args))
         assert check.run_real(study, unsupported, {}, args, check.Budget(60), res) == {}
         rows = {r["entry"]: r for r in res.data["not_run"]}

@@ -61,7 +61,8 @@ def test_library_info_names_the_distribution_and_its_version():
     # the distribution is a fact of the library's class
     expected = {"fp": "torch", "torch": "torch", "quanto": "optimum-quanto", "hqq": "hqq",
                 "bnb": "bitsandbytes", "ct2": "ctranslate2", "torchao": "torchao",
-                "whispercpp": "pywhispercpp", "ort": "onnxruntime"}
+                "whispercpp": "pywhispercpp", "ort": "onnxruntime",
+                "openvino": "openvino"}
     assert {library: get(library).package for library in LIBRARIES} == expected
     for library, package in expected.items():
         info = provenance.library_info(library, get(library).package)

@@ -12,6 +12,7 @@ import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
+from graph_runtime import BATCH, ids_of
 from quant_roundtrip import FEATS
 from real_study import MAX_WER_INCREASE, N_SCORED, pipeline_wer
 
@@ -24,67 +25,29 @@ from whisper_ptq.quantizers import get, ort
 from whisper_ptq.quantizers.base import linear_names
 
 GRAPH_FILES = {"encoder.onnx", "encoder.onnx.data", "decoder.onnx", "decoder.onnx.data"}
-# two different inputs: a batch whose rows stop at different steps
-BATCH = torch.cat([FEATS, FEATS.flip(-1)])
 
 
 def entry(scheme, **extra):
     return get("ort").validate(f"ort-{scheme}", {"library": "ort", "scheme": scheme, **extra})
 
 
-class Ids:
-    """A tokenizer stand-in that returns the ids it is asked to decode (the runtime's and
-    transformers' outputs compared as token ids, prompt and end-of-text removed)."""
-
-    def __init__(self, special):
-        self.special = set(special)
-
-    def batch_decode(self, ids, skip_special_tokens=True):
-        return [[int(i) for i in row if int(i) not in self.special] for row in ids]
-
-
 @pytest.fixture(scope="module")
-def model_dir(random_model_dir, tmp_path_factory):
-    """The random model with every parameter distinct: its zero biases and unit layer norms
-    would be one initializer each after the exporter's deduplication of equal constants
-    (trained weights never are equal), and the sizes here count linears by their names."""
-    torch.manual_seed(0)
-    model = load_fp32(random_model_dir)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    out = tmp_path_factory.mktemp("distinct")
-    model.save_pretrained(out)
-    for f in random_model_dir.iterdir():  # its tokenizer and feature extractor files
-        if not (out / f.name).exists():
-            (out / f.name).write_bytes(f.read_bytes())
-    return out
-
-
-@pytest.fixture(scope="module")
-def fp32_ckpt(model_dir, tmp_path_factory):
+def fp32_ckpt(distinct_model_dir, tmp_path_factory):
     """The fp32 checkpoint (exported once: the export is most of a quantize step's time)."""
     out = tmp_path_factory.mktemp("ort-fp32") / "f"
-    return out, save_checkpoint("f", entry("fp32"), model_dir, out)
+    return out, save_checkpoint("f", entry("fp32"), distinct_model_dir, out)
 
 
-def ids_of(model_dir):
-    from transformers import GenerationConfig
-
-    g = GenerationConfig.from_pretrained(model_dir)
-    return Ids({g.decoder_start_token_id, g.no_timestamps_token_id, g.eos_token_id})
-
-
-def test_fp32_graphs_decode_what_transformers_decodes(model_dir, fp32_ckpt):
+def test_fp32_graphs_decode_what_transformers_decodes(distinct_model_dir, fp32_ckpt):
     ckpt, meta = fp32_ckpt
     assert {p.name for p in ckpt.iterdir()} == GRAPH_FILES | {"quant.json"}
     assert meta.linear_bytes == meta.fp32_linear_bytes  # every linear once, the tied head too
-    model, _ = load_checkpoint(ckpt, model_dir, "cpu")
+    model, _ = load_checkpoint(ckpt, distinct_model_dir, "cpu")
     assert model.runtime_info["version"] == onnxruntime.__version__
     decoding = {"max_new_tokens": 12}
-    tok = ids_of(model_dir)
+    tok = ids_of(distinct_model_dir)
     got, timing = make_transcriber(model, tok, "cpu", decoding)(BATCH)
-    want, _ = Transcriber(load_fp32(model_dir), tok, "cpu", decoding)(BATCH)
+    want, _ = Transcriber(load_fp32(distinct_model_dir), tok, "cpu", decoding)(BATCH)
     assert got == want and len(got[0]) > 0
     assert timing["tokens"] == sum(map(len, got)) and timing["encoder"] > 0
     with pytest.raises(PipelineError, match="runs on cpu here, not cuda"):
@@ -118,14 +81,14 @@ def dequantized_head(init: dict, scheme: str) -> np.ndarray:
     ("int8-dynamic", {}), ("int8-dynamic", {"granularity": "per-channel"}),
     ("int4", {}), ("int4", {"symmetric": False, "group_size": 16})])
 def test_quantized_head_is_stored_once_and_serves_the_embedding_lookup(
-        model_dir, fp32_ckpt, tmp_path, scheme, extra):
+        distinct_model_dir, fp32_ckpt, tmp_path, scheme, extra):
     # the quantize step's own quantization, on the fp32 checkpoint's graphs
     ckpt, meta = fp32_ckpt
     (tmp_path / "src").mkdir()
     (tmp_path / "q").mkdir()
     for name in GRAPH_FILES:
         shutil.copy(ckpt / name, tmp_path / "src" / name)
-    fp32 = load_fp32(model_dir)
+    fp32 = load_fp32(distinct_model_dir)
     linear = 0
     for graph in ort.GRAPHS:
         ort.quantize_graph(tmp_path / "src" / f"{graph}.onnx", tmp_path / "q" / f"{graph}.onnx",
@@ -179,7 +142,7 @@ def test_the_encoder_runs_in_chunks_that_bound_its_attention_weights(fp32_ckpt, 
     session = onnxruntime.InferenceSession(str(tmp_path / "int8.onnx"))
     _, heads, frames, _ = session.get_outputs()[0].shape
     per_row = 4 * heads * frames ** 2  # one utterance's float32 attention weights, one layer
-    rows = ort.encoder_rows(session)
+    rows = ort.encoder_rows(session.get_outputs()[0].shape)
     assert rows * per_row <= ort.ENCODER_ATTENTION_BYTES < (rows + 1) * per_row
     feats = np.ascontiguousarray(torch.cat([FEATS, 4 * FEATS, FEATS / 4]).numpy())
     names = [o.name for o in session.get_outputs()]
@@ -211,7 +174,7 @@ def test_encoder_benchmark_pairs_chunks_with_the_whole_batch(fp32_ckpt, tmp_path
         assert runs["chunks"]["checksum"] == pytest.approx(runs["whole-batch"]["checksum"])
 
 
-def test_what_ort_cannot_take_is_one_clear_error(model_dir, fp32_ckpt, tmp_path):
+def test_what_ort_cannot_take_is_one_clear_error(distinct_model_dir, fp32_ckpt, tmp_path):
     assert get("ort").unsupported(entry("fp32"), "cpu") is None
     assert "ONNX Runtime's CPU build" in get("ort").unsupported(entry("int4"), "cuda")
     with pytest.raises(PipelineError, match="entry 'ort-int4' cannot run on cuda: the pinned "
@@ -224,7 +187,7 @@ def test_what_ort_cannot_take_is_one_clear_error(model_dir, fp32_ckpt, tmp_path)
         entry("int8-dynamic", group_size=32)
     with pytest.raises(PipelineError, match="option group_size=48 is invalid"):
         entry("int4", group_size=48)
-    model = load_fp32(model_dir)
+    model = load_fp32(distinct_model_dir)
     model.config.activation_function = "relu"
     with pytest.raises(PipelineError, match="supports Whisper's decoder layer .* "
                                             "activation 'relu'"):
@@ -234,18 +197,18 @@ def test_what_ort_cannot_take_is_one_clear_error(model_dir, fp32_ckpt, tmp_path)
     (tmp_path / "ok" / "decoder.onnx").write_bytes(good[:len(good) // 2])
     with pytest.raises(PipelineError, match="decoder.onnx is not an ONNX model ONNX Runtime "
                                             "can load: "):
-        load_checkpoint(tmp_path / "ok", model_dir, "cpu")
+        load_checkpoint(tmp_path / "ok", distinct_model_dir, "cpu")
     (tmp_path / "ok" / "decoder.onnx").write_bytes(good)
     data = tmp_path / "ok" / "encoder.onnx.data"
     data.write_bytes(data.read_bytes()[:1000])
     with pytest.raises(PipelineError, match="encoder.onnx is not an ONNX model ONNX Runtime "
                                             "can load: "):
-        load_checkpoint(tmp_path / "ok", model_dir, "cpu")
+        load_checkpoint(tmp_path / "ok", distinct_model_dir, "cpu")
     data.unlink()
     (tmp_path / "ok" / "encoder.onnx").unlink()
     with pytest.raises(PipelineError, match="encoder.onnx is missing: the checkpoint is "
                                             "incomplete"):
-        load_checkpoint(tmp_path / "ok", model_dir, "cpu")
+        load_checkpoint(tmp_path / "ok", distinct_model_dir, "cpu")
 
 
 def test_config_entries_run_on_cpu_only():

@@ -80,7 +80,7 @@ wildcard_constraints:
 
 
 def library_module(wildcards):
-    return str(quantizers.module_path(STUDY.entries[wildcards.entry]["library"]))
+    return [str(p) for p in quantizers.module_paths(STUDY.entries[wildcards.entry]["library"])]
 
 
 def score_files():

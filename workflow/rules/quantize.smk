@@ -4,7 +4,8 @@ rule quantize:
     input:
         unpack(calibration_input),
         model_dir="data/models/{model}",
-        # the library's own module: editing it re-runs only that library's entries
+        # the library's module (and those it imports): editing it re-runs only the entries
+        # that use it
         module=library_module,
     output:
         checkpoint=directory("results/{model}/checkpoints/{entry}"),

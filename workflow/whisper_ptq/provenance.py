@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "accelerate", "optimum-quanto", "hqq", "bitsandbytes",
-            "ctranslate2", "torchao", "pywhispercpp", "onnxruntime", "safetensors", "numpy", "jiwer",
-            "whisper-normalizer", "snakemake")
+            "ctranslate2", "torchao", "pywhispercpp", "onnxruntime", "openvino", "nncf",
+            "safetensors", "numpy", "jiwer", "whisper-normalizer", "snakemake")
 
 # CPU features that decide which int8 / bf16 kernels the libraries can use
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",

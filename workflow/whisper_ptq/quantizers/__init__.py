@@ -22,12 +22,27 @@ LIBRARIES = {
     "torchao": "torchao",
     "whispercpp": "whispercpp",
     "ort": "ort",
+    "openvino": "ov",
 }
 
 
-def module_path(library: str) -> Path:
-    """Source file of a library's module (a Snakemake input, so editing it re-runs only its jobs)."""
-    return Path(__file__).with_name(f"{_module_name(library)}.py")
+def module_paths(library: str) -> list[Path]:
+    """Source files of a library's module and of the library modules it imports, itself first
+    (Snakemake inputs: editing one re-runs only the entries that use it; OpenVINO's module
+    converts the ONNX Runtime module's export)."""
+    import ast
+
+    todo, out = [_module_name(library)], []
+    while todo:
+        path = Path(__file__).with_name(f"{todo.pop(0)}.py")
+        if path in out:
+            continue
+        out.append(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:  # from . / from .x
+                names = [node.module] if node.module else [a.name for a in node.names]
+                todo += [n for n in names if n in LIBRARIES.values()]
+    return out
 
 
 def _module_name(library: str) -> str:

@@ -69,6 +69,8 @@ class Quantizer:
     supports_recipe: ClassVar[bool] = False
     # options the library applies model-wide: a recipe's items that set one must agree
     recipe_shared: ClassVar[tuple[str, ...]] = ()
+    # whether an option applies only to the schemes whose defaults name it (else to every one)
+    scheme_options: ClassVar[bool] = False
 
     # -- config ---------------------------------------------------------------------------
     def validate(self, name: str, entry: dict) -> dict:
@@ -89,6 +91,9 @@ class Quantizer:
                     f"entry {name!r}: option {key!r} is not known to library {self.library!r}; "
                     f"known: {', '.join(sorted(self.options)) or 'none'}"
                 )
+            if self.scheme_options and key not in self.schemes[scheme]:
+                raise PipelineError(f"entry {name!r}: option {key!r} does not apply to "
+                                    f"scheme {scheme!r} of library {self.library!r}")
             allowed = self.options[key]
             ok = value in allowed if isinstance(allowed, tuple) else isinstance(value, allowed)
             if not ok:

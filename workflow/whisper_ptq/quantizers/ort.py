@@ -103,15 +103,7 @@ class OnnxRuntime(Quantizer):
                "group_size": (16, 32, 64, 128, 256), "symmetric": bool,
                "accuracy_level": (0, 4)}  # MatMulNBits: 0 float32, 4 int8 (CPU kernels)
     devices = ("cpu",)
-
-    def validate(self, name, entry):
-        out = super().validate(name, entry)
-        own = self.schemes[out["scheme"]]
-        extra = sorted(k for k in entry if k in self.options and k not in own)
-        if extra:
-            raise PipelineError(f"entry {name!r}: option {extra[0]!r} does not apply to "
-                                f"scheme {out['scheme']!r} of library 'ort'")
-        return out
+    scheme_options = True
 
     def unsupported(self, entry, device):
         if device == "cuda":
@@ -124,7 +116,8 @@ class OnnxRuntime(Quantizer):
 
     # -- model ----------------------------------------------------------------------------
     def quantize(self, model, entry, calibration=None):
-        return Quantized(Exported(model, entry))
+        exported = Exported(model, entry)
+        return Quantized(exported, exported.notes)
 
     def linear_bytes(self, model, names):
         return model.linear_bytes(names)
@@ -380,7 +373,8 @@ def linear_initializer_bytes(model, linear: list[str]) -> int:
 
 
 class Exported:
-    """An fp32 model exported (and quantized) into a temporary directory, saved by copying."""
+    """An fp32 model exported (and quantized) into a temporary directory, saved by copying
+    (a runtime that reads these graphs subclasses it with its own ``convert``)."""
 
     def __init__(self, model, entry: dict):
         self.tmp = tempfile.TemporaryDirectory(prefix="ort-")
@@ -388,13 +382,19 @@ class Exported:
         work.mkdir()
         self.dir.mkdir()
         export(model, work)
+        self.notes = self.convert(work, entry)
+        shutil.rmtree(work)
+
+    def convert(self, work: Path, entry: dict) -> tuple[str, ...]:
+        """The exported graphs in ``work`` → the runtime's files in ``self.dir``; the notes
+        of Quantized."""
         for graph in GRAPHS:
             src, dst = work / f"{graph}.onnx", self.dir / f"{graph}.onnx"
             if entry["scheme"] == "fp32":
                 save_proto(load_proto(src), dst)
             else:
                 quantize_graph(src, dst, entry)
-        shutil.rmtree(work)
+        return ()
 
     def linear_bytes(self, names: list[str]) -> int:
         # names are transformers' ("model.encoder.layers.0.fc1"): the graphs keep bias names
@@ -431,11 +431,9 @@ class OrtWhisper:
     """The two ONNX Runtime sessions of a checkpoint, with what the transcription step needs."""
 
     def __init__(self, ckpt_dir: Path, model_dir, threads: int):
-        from transformers import GenerationConfig
-
         self.sessions = {graph: load_session(ckpt_dir / f"{graph}.onnx", threads)
                          for graph in GRAPHS}
-        self.generation_config = GenerationConfig.from_pretrained(model_dir)
+        self.model_dir = model_dir
         self.runtime_info = {"runtime": "onnxruntime", "version": _version(),
                              "intra_op_num_threads": threads, "inter_op_num_threads": 1,
                              "providers": self.sessions["decoder"].get_providers()}
@@ -446,41 +444,49 @@ class OrtWhisper:
         return OrtTranscriber(self, tokenizer, decoding)
 
 
-def encoder_rows(session) -> int:
+def encoder_rows(shape) -> int:
     """Utterances per encoder call: as many as keep a layer's float32 attention weights (heads
-    × frames × frames each) within ENCODER_ATTENTION_BYTES, at least one (3 for base)."""
-    _, heads, frames, _ = session.get_outputs()[0].shape  # a layer's cross keys
+    × frames × frames each) within ENCODER_ATTENTION_BYTES, at least one (3 for base).
+    ``shape`` is the encoder's first output's, a layer's cross keys [batch, heads, frames, dim]."""
+    _, heads, frames, _ = shape
     return max(1, ENCODER_ATTENTION_BYTES // (4 * heads * frames ** 2))
 
 
 def encode(session, feats, rows: int) -> dict:
-    """The encoder graph's outputs (by name) for a batch of log-mels, ``rows`` utterances per
-    call, each call's written into its rows of the batch's arrays."""
+    """The encoder session's outputs (by name) for a batch of log-mels, ``rows`` utterances
+    per call (encode_chunks)."""
+    return encode_chunks(lambda chunk: session.run(None, {"input_features": chunk}),
+                         [o.name for o in session.get_outputs()], feats, rows)
+
+
+def encode_chunks(run, names: list[str], feats, rows: int) -> dict:
+    """An encoder graph's outputs (by name) for a batch of log-mels, ``rows`` utterances per
+    call (``run(chunk)`` gives a call's outputs in ``names``' order), each call's written into
+    its rows of the batch's arrays."""
     import numpy as np
 
-    names, out = [o.name for o in session.get_outputs()], {}
+    out = {}
     for i in range(0, len(feats), rows):
-        for name, value in zip(names, session.run(None, {"input_features": feats[i:i + rows]})):
+        for name, value in zip(names, run(feats[i:i + rows])):
             if name not in out:
                 out[name] = np.empty((len(feats), *value.shape[1:]), value.dtype)
             out[name][i:i + len(value)] = value
     return out
 
 
-class OrtTranscriber:
-    """Same contract as decode.Transcriber: ``__call__(feats) -> (texts, timing)``."""
+class GraphTranscriber:
+    """Greedy decoding over an encoder graph and a one-step decoder graph (this module's
+    export), whatever runs them; same contract as decode.Transcriber: ``__call__(feats) ->
+    (texts, timing)``. A runtime gives ``_encode(feats) -> {cross name: array}`` and
+    ``_start(cross) -> step``, where ``step(tokens, positions, mask)`` runs one decoder step
+    on the batch (keeping its own cache) and returns the next-token logits."""
 
-    def __init__(self, whisper: OrtWhisper, tokenizer, decoding: dict):
+    def __init__(self, model_dir, tokenizer, decoding: dict):
         import numpy as np
+        from transformers import GenerationConfig
 
-        g = whisper.generation_config
-        self.encoder, self.decoder = whisper.sessions["encoder"], whisper.sessions["decoder"]
+        g = GenerationConfig.from_pretrained(model_dir)
         self.tokenizer = tokenizer
-        # the cache's names and per-row shape [heads, 0, head_dim], as the graphs declare them
-        self.encoder_rows = encoder_rows(self.encoder)
-        past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_")]
-        self.past = [i.name for i in past]
-        self.head_shape = (past[0].shape[1], past[0].shape[3])
         self.prompt = np.array(forced_prompt(g, decoding), dtype=np.int64)
         self.suppress = np.array(g.suppress_tokens or [], dtype=np.int64)
         self.begin_suppress = np.array(g.begin_suppress_tokens or [], dtype=np.int64)
@@ -488,24 +494,24 @@ class OrtTranscriber:
         self.max_new_tokens = int(decoding.get("max_new_tokens", 440))
 
     def _encode(self, feats) -> dict:
-        return encode(self.encoder, feats, self.encoder_rows)
+        raise NotImplementedError
+
+    def _start(self, cross: dict):
+        raise NotImplementedError
 
     def _generate(self, cross: dict) -> list[list[int]]:
         """Greedy decoding of a batch from its cross keys/values: each row's text token ids."""
         import numpy as np
 
         batch = len(next(iter(cross.values())))
-        empty = np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), dtype=np.float32)
-        past = dict.fromkeys(self.past, empty)
+        step_logits = self._start(cross)
         tokens = np.tile(self.prompt, (batch, 1))
         done, steps, seen = np.zeros(batch, dtype=bool), [], 0
         for step in range(self.max_new_tokens):
             n = tokens.shape[1]
             mask = np.triu(np.full((n, seen + n), -np.inf, dtype=np.float32), k=seen + 1)
-            logits, *present = self.decoder.run(None, {
-                "input_ids": tokens, "positions": np.arange(seen, seen + n, dtype=np.int64),
-                "mask": mask, **past, **cross})
-            past, seen = dict(zip(self.past, present)), seen + n
+            logits = step_logits(tokens, np.arange(seen, seen + n, dtype=np.int64), mask)
+            seen += n
             logits[:, self.suppress] = -np.inf
             if step == 0:
                 logits[:, self.begin_suppress] = -np.inf
@@ -538,6 +544,38 @@ class OrtTranscriber:
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
         timing["tokens"] = sum(len(i) for i in ids)  # text tokens, as the other runtimes count
         return texts, timing
+
+
+class OrtTranscriber(GraphTranscriber):
+    """The two ONNX Runtime sessions, the cache passed in and out of every step."""
+
+    def __init__(self, whisper: OrtWhisper, tokenizer, decoding: dict):
+        super().__init__(whisper.model_dir, tokenizer, decoding)
+        self.encoder, self.decoder = whisper.sessions["encoder"], whisper.sessions["decoder"]
+        self.encoder_rows = encoder_rows(self.encoder.get_outputs()[0].shape)
+        # the cache's names and per-row shape [heads, 0, head_dim], as the graphs declare them
+        past = [i for i in self.decoder.get_inputs() if i.name.startswith("past_")]
+        self.past = [i.name for i in past]
+        self.head_shape = (past[0].shape[1], past[0].shape[3])
+
+    def _encode(self, feats) -> dict:
+        return encode(self.encoder, feats, self.encoder_rows)
+
+    def _start(self, cross: dict):
+        import numpy as np
+
+        batch = len(next(iter(cross.values())))
+        empty = np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), dtype=np.float32)
+        past = dict.fromkeys(self.past, empty)
+
+        def step(tokens, positions, mask):
+            nonlocal past
+            logits, *present = self.decoder.run(None, {
+                "input_ids": tokens, "positions": positions, "mask": mask, **past, **cross})
+            past = dict(zip(self.past, present))
+            return logits
+
+        return step
 
 
 QUANTIZER = OnnxRuntime()

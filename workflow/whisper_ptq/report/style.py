@@ -30,6 +30,7 @@ LIBRARY_COLOURS = {
     "fp": "#404040", "torch": "#1f77b4", "quanto": "#ff7f0e", "hqq": "#2ca02c",
     "bnb": "#d62728", "ct2": "#9467bd", "torchao": "#8c564b", "whispercpp": "#e6ab02",
     "ort": "#e7298a",  # not a second brown beside torchao
+    "openvino": "#1b9e77",
 }
 # libraries the mapping does not know yet get one of these, fixed by their name
 FALLBACK = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a"]
