@@ -91,7 +91,29 @@ def _version() -> str:
     return onnxruntime.__version__
 
 
-class OnnxRuntime(Quantizer):
+class GraphRuntime(Quantizer):
+    """A runtime of this module's exported graphs (ONNX Runtime, OpenVINO): its quantize step
+    exports the model into a temporary directory (``converter``: ``Exported`` or the runtime's
+    subclass of it) and saves by copying; CPU only, each option of one scheme."""
+
+    devices = ("cpu",)
+    scheme_options = True
+
+    def converter(self):
+        return Exported
+
+    def quantize(self, model, entry, calibration=None):
+        exported = self.converter()(model, entry)
+        return Quantized(exported, exported.notes)
+
+    def linear_bytes(self, model, names):
+        return model.linear_bytes(names)
+
+    def save(self, model, entry, out_dir):
+        model.save(Path(out_dir))
+
+
+class OnnxRuntime(GraphRuntime):
     library = "ort"
     package = "onnxruntime"
     schemes = {
@@ -102,8 +124,6 @@ class OnnxRuntime(Quantizer):
     options = {"granularity": ("per-tensor", "per-channel"),
                "group_size": (16, 32, 64, 128, 256), "symmetric": bool,
                "accuracy_level": (0, 4)}  # MatMulNBits: 0 float32, 4 int8 (CPU kernels)
-    devices = ("cpu",)
-    scheme_options = True
 
     def unsupported(self, entry, device):
         if device == "cuda":
@@ -113,17 +133,6 @@ class OnnxRuntime(Quantizer):
 
     def describe(self, entry):
         return _facts(entry)
-
-    # -- model ----------------------------------------------------------------------------
-    def quantize(self, model, entry, calibration=None):
-        exported = Exported(model, entry)
-        return Quantized(exported, exported.notes)
-
-    def linear_bytes(self, model, names):
-        return model.linear_bytes(names)
-
-    def save(self, model, entry, out_dir):
-        model.save(Path(out_dir))
 
     def load(self, ckpt_dir, model_dir, entry, device):
         import torch

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .. import PipelineError
 from . import ort
-from .base import Quantized, Quantizer, facts
+from .base import facts
 
 FILES = tuple(f"{graph}.{ext}" for graph in ort.GRAPHS for ext in ("xml", "bin"))
 # ops between a compressed weight constant and its MatMul (NNCF's decompression subgraph)
@@ -71,7 +71,7 @@ def _version() -> str:
     return openvino.__version__.split("-")[0]
 
 
-class OpenVino(Quantizer):
+class OpenVino(ort.GraphRuntime):
     library = "openvino"
     package = "openvino"
     schemes = {
@@ -81,8 +81,6 @@ class OpenVino(Quantizer):
     }
     options = {"symmetric": bool, "group_size": (32, 64, 128),
                "dynamic_quantization_group_size": (0, 16, 32, 64, 128)}
-    devices = ("cpu",)
-    scheme_options = True
 
     def unsupported(self, entry, device):
         if device == "cuda":
@@ -92,15 +90,8 @@ class OpenVino(Quantizer):
     def describe(self, entry):
         return _facts(entry)
 
-    def quantize(self, model, entry, calibration=None):
-        converted = Converted(model, entry)
-        return Quantized(converted, converted.notes)
-
-    def linear_bytes(self, model, names):
-        return model.linear_bytes(names)
-
-    def save(self, model, entry, out_dir):
-        model.save(Path(out_dir))
+    def converter(self):
+        return Converted
 
     def load(self, ckpt_dir, model_dir, entry, device):
         import torch
