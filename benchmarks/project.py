@@ -59,7 +59,7 @@ QUANTIZE_CORE_S = 120  # per entry, small (notes: HQQ quantizes small in 70 s); 
 RUNS_CSV = REPO / "docs/results/base-mini/matrix/runs.csv"
 # later base runs of entries the matrix lacks (its own fp32 row is their reference)
 MORE_RUNS_CSVS = {f"base {name}/": REPO / f"docs/results/base-mini/{name}/runs.csv"
-                  for name in ("whispercpp", "ort")}
+                  for name in ("whispercpp", "ort", "openvino")}
 # a later file's entry replaces an earlier one's: the 4-utterance run, then the 8-utterance
 # runs (benchmarks/README.md, "Runtimes"); results_runtimes_slow.json (1 utterance, batch 1,
 # under heavy load) is left out: its ratios are far from the study's batch 16

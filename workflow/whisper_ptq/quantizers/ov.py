@@ -53,8 +53,9 @@ def _facts(entry: dict) -> dict:
         return facts(weights="float32", granularity="none",
                      unquantized=["everything (no quantization)"])
     group = entry["dynamic_quantization_group_size"]
-    activations = (f"int8 dynamic per group of {group} in the matmuls (float32 elsewhere)"
-                   if group else "float32")
+    # the plugin picks its kernel per call; that it quantizes every call is not known
+    activations = (f"int8 dynamic per group of {group} in the matmuls where the plugin "
+                   "applies it (float32 elsewhere)" if group else "float32")
     kept = ["embed_positions", "layer norms", "biases"]
     if scheme == "int4":
         kept.append("embed_tokens = tied proj_out, convs and NNCF's first/last layers: "
