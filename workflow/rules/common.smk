@@ -80,7 +80,8 @@ wildcard_constraints:
 
 
 def library_module(wildcards):
-    return [str(p) for p in quantizers.module_paths(STUDY.entries[wildcards.entry]["library"])]
+    library = STUDY.entries[wildcards.entry]["library"]
+    return [str(p) for p in quantizers.module_paths(library)]
 
 
 def score_files():
