@@ -51,6 +51,8 @@ def test_fp32_ir_decodes_what_transformers_decodes_with_a_stateful_cache(distinc
     want, _ = Transcriber(load_fp32(distinct_model_dir), tok, "cpu", decoding)(BATCH)
     got, timing = transcriber(BATCH)
     assert got == want and len(got[0]) > 0
+    # the decoder's request (which reads the batch's cross keys and values in place) is gone
+    assert transcriber.request is None
     assert timing["tokens"] == sum(map(len, got)) and timing["encoder"] > 0
     # the states are emptied for each batch: a second batch (of another size) decodes the same
     assert transcriber(BATCH[1:])[0] == want[1:]
