@@ -26,8 +26,8 @@ biases stay float32.
 Run time: OpenVINO's CPU plugin with ``INFERENCE_PRECISION_HINT`` f32 (on a CPU with bf16
 support it would otherwise compute in bf16), ``INFERENCE_NUM_THREADS`` = the job's threads,
 one stream, and ``DYNAMIC_QUANTIZATION_GROUP_SIZE`` from the entry (OpenVINO's CPU default,
-32: compressed-weight matmuls quantize their activations to int8 per group of that many at
-run time; 0 turns it off). The attention is the export's MatMul–Softmax–MatMul, which the
+32: the plugin may quantize a compressed-weight matmul's activations to int8 per group of
+that many at run time, as its kernel for the call's shape decides; 0 turns it off). The attention is the export's MatMul–Softmax–MatMul, which the
 plugin does not fuse into its own attention kernel, so its KV-cache compression does not
 apply. Decoding is ``ort``'s greedy loop (``GraphTranscriber``); the encoder runs in ``ort``'s
 chunks. OpenVINO's GPU plugin is for Intel GPUs: CUDA is unsupported.
