@@ -486,9 +486,10 @@ def encode_chunks(run, names: list[str], feats, rows: int) -> dict:
 class GraphTranscriber:
     """Greedy decoding over an encoder graph and a one-step decoder graph (this module's
     export), whatever runs them; same contract as decode.Transcriber: ``__call__(feats) ->
-    (texts, timing)``. A runtime gives ``_encode(feats) -> {cross name: array}`` and
-    ``_start(cross) -> step``, where ``step(tokens, positions, mask)`` runs one decoder step
-    on the batch (keeping its own cache) and returns the next-token logits."""
+    (texts, timing)``. A runtime gives ``_encode(feats) -> {cross name: array}``,
+    ``_start(cross, empty) -> step``, where ``step(tokens, positions, mask)`` runs one decoder
+    step on the batch (keeping its own cache, which starts as ``empty``) and returns the
+    next-token logits, and ``head_shape``: (heads, head_dim) of a layer's cache."""
 
     def __init__(self, model_dir, tokenizer, decoding: dict):
         import numpy as np
@@ -505,7 +506,7 @@ class GraphTranscriber:
     def _encode(self, feats) -> dict:
         raise NotImplementedError
 
-    def _start(self, cross: dict):
+    def _start(self, cross: dict, empty):
         raise NotImplementedError
 
     def _generate(self, cross: dict) -> list[list[int]]:
@@ -513,7 +514,9 @@ class GraphTranscriber:
         import numpy as np
 
         batch = len(next(iter(cross.values())))
-        step_logits = self._start(cross)
+        # a layer's cache before the first step: [batch, heads, 0, head_dim]
+        empty = np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), dtype=np.float32)
+        step_logits = self._start(cross, empty)
         tokens = np.tile(self.prompt, (batch, 1))
         done, steps, seen = np.zeros(batch, dtype=bool), [], 0
         for step in range(self.max_new_tokens):
@@ -570,11 +573,7 @@ class OrtTranscriber(GraphTranscriber):
     def _encode(self, feats) -> dict:
         return encode(self.encoder, feats, self.encoder_rows)
 
-    def _start(self, cross: dict):
-        import numpy as np
-
-        batch = len(next(iter(cross.values())))
-        empty = np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), dtype=np.float32)
+    def _start(self, cross: dict, empty):
         past = dict.fromkeys(self.past, empty)
 
         def step(tokens, positions, mask):

@@ -276,12 +276,9 @@ class OvTranscriber(ort.GraphTranscriber):
         finally:
             self.request = None
 
-    def _start(self, cross: dict):
-        import numpy as np
+    def _start(self, cross: dict, empty):
         import openvino as ov
 
-        batch = len(next(iter(cross.values())))
-        empty = np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), np.float32)
         self.request = self.decoder.create_infer_request()
         for state in self.request.query_state():
             state.state = ov.Tensor(empty)
