@@ -196,14 +196,11 @@ class Converted(ort.Exported):
                     for i in model.inputs if i.get_any_name().startswith("past_")})
             ov.save_model(model, self.dir / f"{graph}.xml", compress_to_fp16=False)
             models[graph] = model
+        self.linear = sum(map(linear_constant_bytes, models.values()))
         return () if entry["scheme"] == "fp32" else precision_notes(models, entry["scheme"])
 
     def linear_bytes(self, names: list[str]) -> int:
-        import openvino as ov
-
-        core = ov.Core()
-        return sum(linear_constant_bytes(core.read_model(self.dir / f"{graph}.xml"))
-                   for graph in ort.GRAPHS)
+        return self.linear  # counted from the converted graphs (the names: every MatMul's)
 
 
 # -- transcription --------------------------------------------------------------------------
@@ -217,6 +214,11 @@ def compile_graph(core, path: Path, config: dict):
     except RuntimeError as e:  # OpenVINO's reader / plugin errors
         raise PipelineError(f"{path} is not an OpenVINO model OpenVINO can load: "
                             f"{str(e).strip()[:300]}") from None
+
+
+def _text(value) -> str:
+    """A property as the plugin reports it, as text (a Type by its name: "f32")."""
+    return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
 
 class OvWhisper:
@@ -234,12 +236,10 @@ class OvWhisper:
                          for graph in ort.GRAPHS}
         self.model_dir = model_dir
         decoder = self.compiled["decoder"]
-        # as the plugin reports them (a Type's name: "f32")
         self.runtime_info = {"runtime": "openvino", "version": _version(), **{
-            key.lower(): getattr(value, "get_type_name", value.__str__)()
+            key.lower(): _text(decoder.get_property(key))
             for key in ("INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS",
-                        "DYNAMIC_QUANTIZATION_GROUP_SIZE")
-            for value in [decoder.get_property(key)]}}
+                        "DYNAMIC_QUANTIZATION_GROUP_SIZE")}}
 
     def transcriber(self, tokenizer, device: str, decoding: dict):
         if device != "cpu":
