@@ -339,16 +339,17 @@ def test_table1_from_a_committed_runs_csv_is_unchanged(tmp_path, run):
 
 def test_cost_table_gives_time_memory_and_size_per_entry(tmp_path):
     """cost.md: RTF per split, encoder / decoder seconds summed over the splits, the larger
-    peak RSS of the two splits' jobs (whole job, and timed loop), size on disk; a column no row has is left out, and a
-    runs.csv from before these columns says so instead of showing empty columns."""
+    peak RSS of the two splits' jobs (whole job, timed loop, resident after it), size on
+    disk; a column no row has is left out, and a runs.csv from before these columns says so
+    instead of showing empty columns."""
     scores = study()
-    timing = {("fp32", "test-clean"): (30.0, 12.0, 1500.0, 1400.0),
-              ("fp32", "test-other"): (20.0, 9.5, 1700.0, 1350.0),
-              ("int8", "test-clean"): (10.0, 4.0, 900.0, 600.0),
-              ("int8", "test-other"): (8.0, 3.0, 950.0, 640.0)}
+    timing = {("fp32", "test-clean"): (30.0, 12.0, 1500.0, 1400.0, 800.0),
+              ("fp32", "test-other"): (20.0, 9.5, 1700.0, 1350.0, 820.0),
+              ("int8", "test-clean"): (10.0, 4.0, 900.0, 600.0, 450.0),
+              ("int8", "test-other"): (8.0, 3.0, 950.0, 640.0, 440.0)}
     for s in scores:
-        s.encoder_seconds, s.decoder_seconds, s.peak_rss_mb, s.timed_peak_rss_mb = \
-            timing[(s.entry, s.split)]
+        (s.encoder_seconds, s.decoder_seconds, s.peak_rss_mb, s.timed_peak_rss_mb,
+         s.resident_rss_mb) = timing[(s.entry, s.split)]
         s.bytes_on_disk = 290_400_000 if s.entry == "fp32" else 76_400_000
     out = outputs(tmp_path)
     cost = tmp_path / "report" / "cost.md"
@@ -358,9 +359,10 @@ def test_cost_table_gives_time_memory_and_size_per_entry(tmp_path):
     text = cost.read_text()
     header = next(l for l in text.splitlines() if l.startswith("| Entry"))
     assert header == ("| Entry | RTF c | RTF o | Enc. s | Dec. s | Peak RSS MiB | Timed peak MiB "
-                      "| Size MB |")
-    assert md_rows(text) == [["fp32", "0.500", "0.500", "50.0", "21.5", "1700", "1400", "290.4"],
-                             ["int8", "0.300", "0.300", "18.0", "7.0", "950", "640", "76.4"]]
+                      "| Resident MiB | Size MB |")
+    assert md_rows(text) == [
+        ["fp32", "0.500", "0.500", "50.0", "21.5", "1700", "1400", "820", "290.4"],
+        ["int8", "0.300", "0.300", "18.0", "7.0", "950", "640", "450", "76.4"]]
     assert "### base — cpu" in text and "p50" not in header and "(No encoder" not in text
 
     # replot writes it from runs.csv alone; a runs.csv from before the timing columns has

@@ -99,6 +99,7 @@ def test_parts_do_not_exceed_total_and_memory_is_filled(model_and_tokenizer, ran
     assert t["generated_tokens"] > 0 and t["tokens_per_second"] > 0
     assert t["peak_rss_mb"] > 100  # torch alone is larger than that
     assert 100 < t["timed_peak_rss_mb"] <= t["peak_rss_mb"]
+    assert 100 < t["resident_rss_mb"] <= t["timed_peak_rss_mb"] + 1  # counters lag a little
     assert t["cuda_peak_allocated_mb"] is None and t["threads"] == 1
     json.dumps(t)  # serialisable as is
 
@@ -179,3 +180,32 @@ def test_timed_peak_rss_leaves_out_what_was_freed_before_the_loop():
     assert mem["peak_rss_mb"] >= with_loading - 1  # the kernel's RSS counters lag a little
     assert mem["timed_peak_rss_mb"] <= with_loading - 400
     assert mem["timed_peak_rss_mb"] >= peak_rss_mb() - 1 and loop.sum() == 100 * mib
+    assert mem["timed_peak_rss_mb"] + 1 >= mem["resident_rss_mb"] > 100  # the loop's array
+
+
+def test_memory_the_allocator_kept_free_is_given_back():
+    """Small blocks come from glibc's heap, and freeing them (the last one still held) leaves
+    their pages resident: a load's leftovers would count in the loop's peak and resident set.
+    release_free_memory hands them back."""
+    import ctypes
+    import ctypes.util
+
+    from whisper_ptq.decode import release_free_memory, rss_mb
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, n = 64 * 1024, 4000  # 250 MiB in blocks under glibc's mmap threshold
+    start = rss_mb()
+    blocks = [libc.malloc(size) for _ in range(n)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)
+    for b in blocks[:-1]:
+        libc.free(b)
+    kept = rss_mb()
+    try:
+        assert kept > start + 200, "freed heap blocks were not kept resident; nothing to test"
+        assert release_free_memory()
+        assert rss_mb() < kept - 200
+    finally:
+        libc.free(blocks[-1])

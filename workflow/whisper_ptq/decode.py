@@ -16,8 +16,10 @@ Timing protocol (recorded in each ``<split>.timing.json``):
   decoder seconds;
 * regime ``throughput`` uses ``decoding.batch_size``; ``latency`` uses batch 1 and also
   reports per-utterance latency percentiles;
-* memory: peak resident set size of the process, and on GPU peak allocated / reserved CUDA
-  memory during transcription.
+* memory: peak resident set size of the process, of the timed loop alone, the resident set
+  left after it (``resident_rss_mb``), and on GPU peak allocated / reserved CUDA memory
+  during transcription; what the allocator holds free is given back (glibc ``malloc_trim``)
+  after loading and after the loop, so neither counts memory that nothing uses.
 
 Utterances longer than 30 s are decoded alone with Whisper's sequential long-form decoding;
 their time counts in the total (``longform_seconds``) but not in the encoder/decoder split.
@@ -31,6 +33,8 @@ job each; with a multiple of the batch size every batch equals an unsharded run'
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 import statistics
 import time
@@ -96,17 +100,42 @@ def make_batches(rows: list[dict], batch_size: int) -> list[list[dict]]:
     return batches + [[r] for r in long]
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process since it started or since ``rss_peak_reset``
-    (Linux: VmHWM; elsewhere getrusage's, which cannot be reset)."""
+def _status_mb(key: str) -> float | None:
+    """A memory line of /proc/self/status in MiB (Linux), None elsewhere."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{key}:"):
                     return int(line.split()[1]) / 1024  # kB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process since it started or since ``rss_peak_reset``
+    (Linux: VmHWM; elsewhere getrusage's, which cannot be reset)."""
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float | None:
+    """This process's resident set size now (Linux: VmRSS), None elsewhere."""
+    return _status_mb("VmRSS")
+
+
+def release_free_memory() -> bool:
+    """Give the memory glibc's allocator holds free back to the system (``malloc_trim(0)``).
+
+    Freed memory can stay resident: a load that built the fp32 model before its int8 copy
+    (torch.ao's) would otherwise carry part of it into the loop (benchmarks/README.md,
+    "Memory, phase by phase"). False where the C library is not glibc."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True
 
 
 def rss_peak_reset() -> bool:
@@ -190,10 +219,13 @@ def memory_reset(device: str) -> dict:
 
 def memory_stats(device: str, before: dict) -> dict:
     """Peak RSS of the whole job, of the timed loop alone (None where the mark could not be
-    restarted), and torch's CUDA peaks in the timed loop."""
+    restarted), the resident set the loop leaves once free memory is given back (what the
+    process holds between batches: libraries, model, a runtime's buffers; None where that
+    cannot be given back or read), and torch's CUDA peaks in the timed loop."""
     peak = peak_rss_mb()
     mem = {"peak_rss_mb": max(peak, before["before_mb"]),
            "timed_peak_rss_mb": peak if before["timed"] else None,
+           "resident_rss_mb": rss_mb() if release_free_memory() else None,
            "cuda_peak_allocated_mb": None, "cuda_peak_reserved_mb": None}
     if device == "cuda":
         import torch
@@ -248,6 +280,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     # compile it inside the timed loop (seen: torchao-int8dyn-compiled's 8 after 16)
     if warmup and len(batches[-1]) not in {len(b) for b in warmup}:
         warmup.append(batches[-1])
+    release_free_memory()  # what loading freed (an fp32 copy) is not the loop's memory
     for batch in warmup:
         transcriber(stack(batch))
     memory = memory_reset(device)

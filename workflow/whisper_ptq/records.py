@@ -115,8 +115,10 @@ class _TimingFields(Record):
     # latency regime only (decode.latency_stats)
     latency_p50_s: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p90_s: float | None = field(default=None, metadata=OMIT_NONE)
-    # peak RSS of the timed loop alone (decode.memory_stats); None in timings written before
+    # peak RSS of the timed loop alone, and the resident set after it with free memory given
+    # back (decode.memory_stats); None in timings written before
     timed_peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
+    resident_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -173,6 +175,7 @@ class Score(Record):
     decoder_seconds: float | None = field(default=None, metadata=OMIT_NONE)
     peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
     timed_peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
+    resident_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
     cuda_peak_allocated_mb: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p50_s: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p90_s: float | None = field(default=None, metadata=OMIT_NONE)

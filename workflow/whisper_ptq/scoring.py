@@ -77,7 +77,8 @@ _SHARED = ("entry", "split", "device", "regime", "batch_size", "threads", "warmu
            "sorted_by_length", "facts", "decoding")
 _SUMMED = ("utterances", "audio_seconds", "compute_seconds", "encoder_seconds", "decoder_seconds",
            "longform_seconds", "generated_tokens", "batches")
-_PEAK = ("peak_rss_mb", "timed_peak_rss_mb", "cuda_peak_allocated_mb", "cuda_peak_reserved_mb")
+_PEAK = ("peak_rss_mb", "timed_peak_rss_mb", "resident_rss_mb", "cuda_peak_allocated_mb",
+         "cuda_peak_reserved_mb")
 
 
 def hardware(provenance: dict | None) -> str:

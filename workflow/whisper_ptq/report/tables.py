@@ -166,6 +166,7 @@ COST_COLUMNS = (
     ("Dec. s", "decoder_seconds", "pooled", "sum", 1, 1),
     ("Peak RSS MiB", "peak_rss_mb", "pooled", "max", 1, 0),
     ("Timed peak MiB", "timed_peak_rss_mb", "pooled", "max", 1, 0),
+    ("Resident MiB", "resident_rss_mb", "pooled", "max", 1, 0),
     ("Peak CUDA MiB", "cuda_peak_allocated_mb", "pooled", "max", 1, 0),
     ("p50", "latency_p50_s", "split", None, 1, 2),
     ("p90", "latency_p90_s", "split", None, 1, 2),
@@ -175,11 +176,14 @@ COST_LEGEND = (
     "RTF per split (Table 1 pools them); Enc. s / Dec. s = the timed seconds in the encoder and "
     "in the decoding loop, summed over the splits; peak RSS = the largest resident set of the "
     "entry's transcription jobs (model loading included), timed peak = that of their timed "
-    "loops alone (after loading and warm-up), peak CUDA = torch's largest CUDA allocation in "
-    "them (a runtime's own CUDA memory is not in it); p50 / p90 = per-utterance latency in "
-    "seconds (`timing: {regime: latency}` only); size = the checkpoint on disk (MB = 10⁶ "
-    "bytes). Times are of one run on one machine: compare entries within a block, and speed "
-    "across runs through the paired benchmarks (benchmarks/README.md).")
+    "loops alone (after loading and warm-up), resident = what a timed loop leaves resident "
+    "once the allocator's free memory is given back (libraries, model, a runtime's buffers: "
+    "the process between batches; timed peak − resident is the batches' working set), peak "
+    "CUDA = torch's largest CUDA allocation in them (a runtime's own CUDA memory is not in "
+    "it); p50 / p90 = per-utterance latency in seconds (`timing: {regime: latency}` only); "
+    "size = the checkpoint on disk (MB = 10⁶ bytes). Times are of one run on one machine: "
+    "compare entries within a block, and speed across runs through the paired benchmarks "
+    "(benchmarks/README.md).")
 
 
 def cost_markdown(df: pd.DataFrame) -> str:
