@@ -35,7 +35,10 @@ def test_real_pipeline_gives_sane_wer(run):
     assert "| fp32 |" in table and "WERc" in table and "WERo" in table
     cost = (workdir / "results/report/cost.md").read_text()  # the real jobs' time and memory
     assert ("| Entry | RTF c | RTF o | Enc. s | Dec. s | Peak RSS MiB | Timed peak MiB "
-            "| Size MB |") in cost
+            "| Resident MiB | Size MB |") in cost
+    # what a loop leaves resident (libraries and model) is under its peak, and above torch's
+    assert all(100 < float(r["resident_rss_mb"]) <= float(r["timed_peak_rss_mb"]) + 1
+               for r in rows.values())
     assert "| torch-int8-dyn |" in cost
     for name in ("table1.tex", "fig1.png", "fig1.pdf"):
         assert (workdir / "results/report" / name).stat().st_size > 0
