@@ -185,8 +185,8 @@ def test_timed_peak_rss_leaves_out_what_was_freed_before_the_loop():
 
 def test_memory_the_allocator_kept_free_is_given_back():
     """Small blocks come from glibc's heap, and freeing them (the last one still held) leaves
-    their pages resident: a load's leftovers would count in the loop's peak and resident set.
-    release_free_memory hands them back."""
+    their pages resident: the batches' working set would count in the resident set after the
+    loop. release_free_memory hands them back."""
     import ctypes
     import ctypes.util
 

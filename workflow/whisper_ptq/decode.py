@@ -18,8 +18,8 @@ Timing protocol (recorded in each ``<split>.timing.json``):
   reports per-utterance latency percentiles;
 * memory: peak resident set size of the process, of the timed loop alone, the resident set
   left after it (``resident_rss_mb``), and on GPU peak allocated / reserved CUDA memory
-  during transcription; what the allocator holds free is given back (glibc ``malloc_trim``)
-  after loading and after the loop, so neither counts memory that nothing uses.
+  during transcription; the allocator's free memory is given back (glibc ``malloc_trim``)
+  before the resident set is read, so it counts only memory in use.
 
 Utterances longer than 30 s are decoded alone with Whisper's sequential long-form decoding;
 their time counts in the total (``longform_seconds``) but not in the encoder/decoder split.
@@ -127,9 +127,9 @@ def rss_mb() -> float | None:
 def release_free_memory() -> bool:
     """Give the memory glibc's allocator holds free back to the system (``malloc_trim(0)``).
 
-    Freed memory can stay resident: a load that built the fp32 model before its int8 copy
-    (torch.ao's) would otherwise carry part of it into the loop (benchmarks/README.md,
-    "Memory, phase by phase"). False where the C library is not glibc."""
+    Memory a program frees can stay resident (the batches' working set, a load's leftovers),
+    so the resident set after the timed loop is read once it is given back. False where the C
+    library is not glibc."""
     try:
         trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError, TypeError):
@@ -280,7 +280,6 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     # compile it inside the timed loop (seen: torchao-int8dyn-compiled's 8 after 16)
     if warmup and len(batches[-1]) not in {len(b) for b in warmup}:
         warmup.append(batches[-1])
-    release_free_memory()  # what loading freed (an fp32 copy) is not the loop's memory
     for batch in warmup:
         transcriber(stack(batch))
     memory = memory_reset(device)
