@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -58,3 +59,45 @@ def test_calibration_pairs_both_orders_in_each_repeat(random_model_dir, fake_mir
     assert all(r["same_model"] for r in d["repeats"])
     assert d["ratio_quanto_order_over_frozen_first"] == [
         q / f for q, f in zip(d["samples"]["quanto_order"], d["samples"]["frozen_first"])]
+
+
+@pytest.mark.slow  # two fresh processes decode two random utterances
+def test_memory_phases_runs_each_entry_with_and_without_giving_back(random_model_dir, tmp_path):
+    from safetensors.numpy import save_file
+
+    from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
+    from whisper_ptq.io import write_jsonl
+    from whisper_ptq.quantizers import get
+
+    rng = np.random.default_rng(0)
+    ids = ["1-1-0000", "1-1-0001"]
+    save_file({i: rng.normal(size=(80, 3000)).astype(np.float32) for i in ids}, tmp_path / "f.st")
+    write_jsonl(tmp_path / "m.jsonl", [{"id": i, "speaker": "1", "duration": 10.0,
+                                        "reference": "HELLO", "n_frames": 3000} for i in ids])
+    ckpts = tmp_path / "checkpoints"
+    for name, raw in (("fp32", {"library": "fp", "scheme": "fp32"}),
+                      ("quanto-int8", {"library": "quanto", "scheme": "int8"})):
+        save_checkpoint(name, get(raw["library"]).validate(name, raw), random_model_dir,
+                        ckpts / name)
+    bench = import_benchmark("memory_phases")
+    out = tmp_path / "phases.json"
+    assert bench.main(["--checkpoints", str(ckpts), "--model", str(random_model_dir),
+                       "--features", str(tmp_path / "f.st"), "--manifest", str(tmp_path / "m.jsonl"),
+                       "--entries", "fp32", "--utterances", "2", "--batch-size", "2",
+                       "--threads", "1", "--repeats", "1", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["entry"], r["give_back_after_load"]) for r in runs] == [("fp32", False),
+                                                                       ("fp32", True)]
+    for r in runs:
+        ph = r["phases"]
+        assert ("loaded, given back" in ph) == r["give_back_after_load"]
+        assert ph["imports"]["rss"] < ph["loaded"]["rss"] <= ph["loop"]["peak"]
+        assert ph["after, given back"]["rss"] <= ph["loop"]["peak"] + 1
+        assert len(r["texts"]) == 2 and len(r["loadavg"]) == 3
+    # the model's own tensors: fp32's are its parameters (the tied head once); quanto's int8
+    # linears are inside its tensor subclass, and counted there
+    fp32, _ = load_checkpoint(ckpts / "fp32", random_model_dir, "cpu")
+    params = {p.data_ptr(): p.nbytes for p in [*fp32.parameters(), *fp32.buffers()]}
+    assert bench.tensor_mb(fp32) == pytest.approx(sum(params.values()) / 2**20)
+    q8, _ = load_checkpoint(ckpts / "quanto-int8", random_model_dir, "cpu")
+    assert 0.3 * bench.tensor_mb(fp32) < bench.tensor_mb(q8) < 0.9 * bench.tensor_mb(fp32)
