@@ -154,3 +154,16 @@ def test_the_steps_that_read_a_bad_file_name_it(tmp_path, score_step):
     with pytest.raises(PipelineError, match=msg):
         load_checkpoint(ckpt, tmp_path, "cpu")
 
+
+
+def test_fallback_counts_are_summed_over_shards_and_reach_runs_csv():
+    shards = [shard_timing(i, 2, [f"u{i}"], 1.0 + i, 10.0) for i in range(2)]
+    _, gathered = gather_shards([hyp(["u0"]), hyp(["u1"])], shards)
+    assert gathered.fallback_utterances is None and "fallback_utterances" not in gathered.to_json()
+    shards[0].fallback_utterances, shards[1].fallback_utterances = 1, 0
+    rows = [{**r, "temperature": t} for r, t in zip(hyp(["u0", "u1"]), (0.4, 0.0))]
+    _, gathered = gather_shards([rows[:1], rows[1:]], shards)
+    assert Timing.from_json(gathered.to_json()).fallback_utterances == 1
+    score = build_score(rows, gathered, quant_meta(), quant_meta("fp32", 1000, 800, 800), "base")
+    assert [u["temperature"] for u in score.utterances] == [0.4, 0.0]
+    assert row_from_score(score)["fallback_utterances"] == 1

@@ -230,6 +230,27 @@ def test_hallucinations_are_counted_and_noted_where_they_hold_most_errors(tmp_pa
     assert (f"\nnote: {note}" in summary.read_text()) == noted  # and in the terminal
 
 
+@pytest.mark.parametrize("fallbacks", [None, (0, 3)])
+def test_fallback_is_noted_with_the_rows_that_kept_sampled_hypotheses(tmp_path, fallbacks):
+    scores = study()
+    for s in scores:
+        s.fallback_utterances = None if fallbacks is None else fallbacks[s.entry == "int8"]
+    out, summary = outputs(tmp_path), tmp_path / "summary.txt"
+    report.build(write_scores(tmp_path, scores), [], **out, n_resamples=50, summary=summary)
+    counts = {(r["entry"], r["split"]): r["fallback_utterances"] for r in read_csv(out["out_csv"])}
+    table, terminal = out["out_md"].read_text(), summary.read_text()
+    if fallbacks is None:
+        assert set(counts.values()) == {""} and "fallback" not in table + terminal
+        return
+    assert counts == {("fp32", "test-clean"): "0", ("fp32", "test-other"): "0",
+                      ("int8", "test-clean"): "3", ("int8", "test-other"): "3"}
+    assert "\n- Decoded with temperature fallback (decoding.fallback)" in table
+    for split in ("test-clean", "test-other"):
+        note = f"int8 on {split}: 3 of 40 hypotheses kept from sampling."
+        assert f"\n- {note}" in table and f"\nnote: {note}" in terminal
+    assert "fp32 on test-clean:" not in table
+
+
 def test_pareto_front():
     # (size reduction, WER): maximise x, minimise y
     pts = [(0.0, 5.0), (70.0, 5.2), (70.0, 6.0), (40.0, 7.0), (85.0, 9.0)]

@@ -186,7 +186,11 @@ class Study:
 
     def unsupported_reason(self, name: str, device: str) -> str | None:
         entry = self.entries[name]
-        return quantizers.get(entry["library"]).unsupported(entry, device)
+        library = quantizers.get(entry["library"])
+        if "fallback" in self.decoding and not library.transformers_decoding:
+            return (f"decoding.fallback: library {library.library!r} decodes with its own "
+                    "greedy loop, which has no temperature fallback here")
+        return library.unsupported(entry, device)
 
     def jobs(self) -> list[Job]:
         return [Job(m, e, d, s) for m in self.models for e in self.selected

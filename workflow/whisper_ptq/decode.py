@@ -21,6 +21,13 @@ Timing protocol (recorded in each ``<split>.timing.json``):
   during transcription; the allocator's free memory is given back (glibc ``malloc_trim``)
   before the resident set is read, so it counts only memory in use.
 
+Temperature fallback (``decoding.fallback``, off unless configured): after the greedy pass,
+a hypothesis whose text compresses too well (a loop) or whose average log-probability is too
+low is decoded again by sampling, one temperature after another, as openai-whisper's
+``transcribe()`` does; the temperature each hypothesis was kept at goes into its row, and the
+re-decoding counts in the decoder seconds. Utterances over 30 s stay greedy (temperature
+null in their rows).
+
 Utterances longer than 30 s are decoded alone with Whisper's sequential long-form decoding;
 their time counts in the total (``longform_seconds``) but not in the encoder/decoder split.
 
@@ -38,10 +45,11 @@ import ctypes.util
 import resource
 import statistics
 import time
+import zlib
 
 from . import PipelineError
 from .features import NB_MAX_FRAMES, FeatureCache, load_manifest, select
-from .schema import with_defaults
+from .schema import schema_default, with_defaults
 
 REGIMES = ("throughput", "latency")
 
@@ -53,6 +61,56 @@ def generation_kwargs(model, decoding: dict) -> dict:
         kwargs["language"] = decoding["language"]
         kwargs["task"] = decoding["task"]
     return kwargs
+
+
+def fallback_options(decoding: dict | None) -> dict | None:
+    """``decoding.fallback`` with the schema's defaults filled in; None: greedy alone."""
+    given = (decoding or {}).get("fallback")
+    return None if given is None else {**schema_default("decoding", "fallback"), **given}
+
+
+def compression_ratio(text: str) -> float:
+    """openai-whisper's: the text's bytes over its zlib-compressed bytes (a loop compresses
+    well)."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def needs_fallback(text: str, avg_logprob: float, options: dict) -> bool:
+    return (compression_ratio(text.strip()) > options["compression_ratio_threshold"]
+            or avg_logprob < options["logprob_threshold"])
+
+
+def with_fallback(decode, n: int, options: dict):
+    """Decode ``n`` utterances greedily, then again at each of ``options``' temperatures
+    those that still need it (the last temperature's result is kept whatever it gives).
+
+    ``decode(indices, temperature)`` → (texts, average log-probabilities, tokens generated)
+    for those utterances; temperature 0 is greedy. Returns the texts, the temperature each
+    was kept at, and the tokens generated in all passes."""
+    texts, logprobs, tokens = decode(list(range(n)), 0.0)
+    kept = [0.0] * n
+    todo = [i for i in range(n) if needs_fallback(texts[i], logprobs[i], options)]
+    for temperature in options["temperatures"]:
+        if not todo:
+            break
+        got, got_logprobs, got_tokens = decode(todo, temperature)
+        tokens += got_tokens
+        for i, text in zip(todo, got):
+            texts[i], kept[i] = text, temperature
+        todo = [i for i, text, lp in zip(todo, got, got_logprobs)
+                if needs_fallback(text, lp, options)]
+    return texts, kept, tokens
+
+
+def sampling_seed(seed: int, feats, temperature: float) -> int:
+    """A seed for one sampling pass from what it decodes (the utterances' features, in
+    order) and its temperature: the same utterances sampled together get the same draws in
+    any shard or run."""
+    import numpy as np
+
+    data = np.ascontiguousarray(feats.detach().cpu().float().numpy()).tobytes()
+    return zlib.crc32(f"{seed}:{temperature}".encode(), zlib.crc32(data))
 
 
 def forced_prompt(generation_config, decoding: dict) -> list[int]:
@@ -155,6 +213,7 @@ class Transcriber:
         self.kwargs = generation_kwargs(model, decoding)
         self.dtype = model_input_dtype(model)
         self.pad = model.generation_config.pad_token_id
+        self.fallback = fallback_options(decoding)
 
     def _sync(self):
         if self.device == "cuda":
@@ -180,20 +239,76 @@ class Transcriber:
                 if not isinstance(out, torch.Tensor):
                     out = out["sequences"] if isinstance(out, dict) else out.sequences
                 texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                if self.fallback is not None:  # greedy only: no temperature was tried
+                    timing["temperatures"] = [None] * len(texts)
                 self._sync()
                 timing["longform"] = time.perf_counter() - t0
             else:
                 encoded = self.model.model.encoder(feats)
                 self._sync()
                 t1 = time.perf_counter()
-                out = self.model.generate(encoder_outputs=encoded, **kwargs)
-                texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                if self.fallback is None:
+                    out = self.model.generate(encoder_outputs=encoded, **kwargs)
+                    texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                else:
+                    texts, timing["temperatures"], tokens = with_fallback(
+                        lambda idx, t: self._decode(feats, encoded, idx, t), len(feats),
+                        self.fallback)
                 self._sync()
                 t2 = time.perf_counter()
                 timing["encoder"], timing["decoder"] = t1 - t0, t2 - t1
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
-        timing["tokens"] = int((out != self.pad).sum())
+        timing["tokens"] = tokens if "temperatures" in timing else int((out != self.pad).sum())
         return texts, timing
+
+    def _decode(self, feats, encoded, idx: list[int], temperature: float):
+        """One pass of ``with_fallback`` over the batch's utterances ``idx``."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        if len(idx) < len(feats):
+            encoded = type(encoded)(last_hidden_state=encoded.last_hidden_state[idx])
+        kwargs = dict(self.kwargs)
+        if temperature > 0:  # Whisper's generate samples when given a temperature above 0
+            torch.manual_seed(sampling_seed(self.fallback["seed"], feats[idx], temperature))
+            kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+        recorder = LogprobRecorder()
+        out = self.model.generate(encoder_outputs=encoded, **kwargs,
+                                  logits_processor=LogitsProcessorList([recorder]))
+        texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+        generated = out[:, -recorder.steps:]
+        return (texts, recorder.averages(generated, self.model.generation_config.eos_token_id),
+                int((out != self.pad).sum()))
+
+
+class LogprobRecorder:
+    """A logits processor that keeps each step's log-probability of the token chosen, for
+    openai-whisper's average log-probability: the sum over a sequence's tokens and its end
+    token, over the token count + 1. generate() runs it after its suppressing processors
+    and before the sampling warpers, so it reads the untempered distribution with the
+    suppressed tokens masked, as openai-whisper does."""
+
+    def __init__(self):
+        self.last, self.picked, self.steps = None, [], 0
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.last is not None:  # the token chosen from the previous step's distribution
+            self.picked.append(self.last.gather(1, input_ids[:, -1:])[:, 0])
+        self.last, self.steps = torch.log_softmax(scores.float(), -1), self.steps + 1
+        return scores
+
+    def averages(self, generated, eos: int) -> list[float]:
+        import torch
+
+        picked = torch.stack([*self.picked, self.last.gather(1, generated[:, -1:])[:, 0]], 1)
+        out = []
+        for row, logprobs in zip(generated, picked):
+            ends = (row == eos).nonzero()
+            n = int(ends[0]) + 1 if len(ends) else len(row)  # up to its end token
+            out.append(float(logprobs[:n].sum()) / ((n - 1 if len(ends) else n) + 1))
+        return out
 
 
 def make_transcriber(model, tokenizer, device: str, decoding: dict):
@@ -287,9 +402,11 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     for batch in progress_bar(batches, split, progress):
         texts, t = transcriber(stack(batch))
         parts.append(t)
-        for r, text in zip(batch, texts):
+        kept = t.get("temperatures")  # with decoding.fallback: the temperature of each text
+        for i, (r, text) in enumerate(zip(batch, texts)):
             out_rows.append({"id": r["id"], "speaker": r["speaker"], "duration": r["duration"],
-                             "reference": r["reference"], "hypothesis": text})
+                             "reference": r["reference"], "hypothesis": text,
+                             **({"temperature": kept[i]} if kept else {})})
     total = {k: sum(p[k] for p in parts) for k in ("encoder", "decoder", "longform", "total", "tokens")}
     audio = sum(r["duration"] for r in rows)
     timing = {
@@ -316,6 +433,8 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     }
     if regime == "latency":
         timing.update(latency_stats(timing["batch_seconds"]))
+    if fallback_options(decoding) is not None:
+        timing["fallback_utterances"] = sum(bool(r.get("temperature")) for r in out_rows)
     return out_rows, timing
 
 

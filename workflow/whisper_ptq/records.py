@@ -119,6 +119,8 @@ class _TimingFields(Record):
     # back (decode.memory_stats); None in timings written before
     timed_peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
     resident_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
+    # with decoding.fallback: utterances kept at a temperature above 0 (decode.with_fallback)
+    fallback_utterances: int | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -177,6 +179,7 @@ class Score(Record):
     timed_peak_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
     resident_rss_mb: float | None = field(default=None, metadata=OMIT_NONE)
     cuda_peak_allocated_mb: float | None = field(default=None, metadata=OMIT_NONE)
+    fallback_utterances: int | None = field(default=None, metadata=OMIT_NONE)
     latency_p50_s: float | None = field(default=None, metadata=OMIT_NONE)
     latency_p90_s: float | None = field(default=None, metadata=OMIT_NONE)
 

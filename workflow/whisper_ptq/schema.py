@@ -25,8 +25,9 @@ def schema_default(*keys: str):
     for key in keys:
         node = node["properties"][key]
     if "properties" in node:
+        # an object property without a default of its own (decoding.fallback) stays out
         return {k: schema_default(*keys, k) for k, v in node["properties"].items()
-                if "default" in v or "properties" in v}
+                if "default" in v}
     return node["default"]
 
 

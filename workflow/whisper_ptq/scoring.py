@@ -56,7 +56,9 @@ def score_rows(rows: list[dict]) -> dict:
     utts = []
     for r in rows:
         u = score_utterance(r["reference"], r["hypothesis"])
-        utts.append({"id": r["id"], "speaker": r.get("speaker"), **u})
+        utts.append({"id": r["id"], "speaker": r.get("speaker"), **u,
+                     # the temperature its hypothesis was kept at (decoding.fallback)
+                     **({"temperature": r["temperature"]} if "temperature" in r else {})})
     words, chars = aggregate(utts, "words"), aggregate(utts, "chars")
     return {"wer": words["rate"], "cer": chars["rate"], "words": words, "chars": chars,
             "utterances": utts}
@@ -112,6 +114,7 @@ def gather_shards(hyps: list[list[dict]], timings: list[ShardTiming]) -> tuple[l
         raise PipelineError(f"{what}: the shards' hypotheses do not match their timings "
                             "(duplicate or missing ids)")
     total = {k: sum(getattr(t, k) for t in timings) for k in _SUMMED}
+    fallbacks = [t.fallback_utterances for t in timings if t.fallback_utterances is not None]
     peaks = {k: max((getattr(t, k) for t in timings if getattr(t, k) is not None), default=None)
              for k in _PEAK}
     kinds = sorted({hardware(t.provenance) for t in timings})
@@ -124,6 +127,8 @@ def gather_shards(hyps: list[list[dict]], timings: list[ShardTiming]) -> tuple[l
                 total["decoder_seconds"]),
         batch_seconds=batch_seconds,
         **peaks,
+        # every shard has one (decoding.fallback is the same in all) or none has
+        fallback_utterances=sum(fallbacks) if fallbacks else None,
         order=[uid for t in timings for uid in t.order],
         shards=n,
         mixed_hardware="; ".join(kinds) if len(kinds) > 1 else None,

@@ -115,6 +115,7 @@ def _version() -> str:
 class CTranslate2(Quantizer):
     library = "ct2"
     package = "ctranslate2"
+    transformers_decoding = False
     schemes = {name: {} for name in ("float32", "int8", "int16", "float16", "int8_float16",
                                      "bfloat16")}
 

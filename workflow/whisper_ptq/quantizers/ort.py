@@ -98,6 +98,7 @@ class GraphRuntime(Quantizer):
 
     devices = ("cpu",)
     scheme_options = True
+    transformers_decoding = False
 
     def converter(self):
         return Exported

@@ -206,6 +206,7 @@ class WhisperCpp(Quantizer):
     package = "pywhispercpp"
     schemes = {name: {} for name in GGML_FTYPE}
     devices = ("cpu",)
+    transformers_decoding = False
 
     def unsupported(self, entry, device):
         if device == "cuda":

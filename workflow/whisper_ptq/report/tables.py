@@ -104,13 +104,37 @@ def hallucination_notes(df: pd.DataFrame) -> list[str]:
     errors = rows["sub"] + rows["del"] + rows["ins"]
     held = rows[(rows["status"] == "ok") & (rows["hallucination_errors"] > 0)
                 & (2 * rows["hallucination_errors"] >= errors)]
-    where = lambda r: "/".join(  # noqa: E731  model and device only where the table has several
-        [r.entry] + [r.model] * (df["model"].nunique() > 1) + [r.device] * (df["device"].nunique() > 1))
     flagged = lambda n: ("1 hallucinated hypothesis holds" if n == 1  # noqa: E731
                          else f"{n:.0f} hallucinated hypotheses hold")
-    return [f"{where(r)} on {r.split}: {flagged(r.hallucinations)} {r.hallucination_errors:.0f} "
-            f"of its {e:.0f} word errors (a loop, or over {TOO_LONG:g}× the reference's length)."
+    return [f"{_where(df, r)} on {r.split}: {flagged(r.hallucinations)} "
+            f"{r.hallucination_errors:.0f} of its {e:.0f} word errors (a loop, or over "
+            f"{TOO_LONG:g}× the reference's length)."
             for r, e in zip(held.itertuples(index=False), errors[held.index])]
+
+
+def _where(df: pd.DataFrame, r) -> str:
+    """A row's entry, with its model and device only where the table has several."""
+    return "/".join([r.entry] + [r.model] * (df["model"].nunique() > 1)
+                    + [r.device] * (df["device"].nunique() > 1))
+
+
+def fallback_notes(df: pd.DataFrame) -> list[str]:
+    """Under ``decoding.fallback``: a line saying so, and one per row that kept sampled
+    hypotheses (how many)."""
+    rows = plain(df)
+    rows = rows[(rows["status"] == "ok") & rows["fallback_utterances"].notna()]
+    if rows.empty:
+        return []
+    kept = rows[rows["fallback_utterances"] > 0]
+    return ["Decoded with temperature fallback (decoding.fallback): a greedy hypothesis that "
+            "compressed too well or was too improbable was decoded again by sampling."] + [
+        f"{_where(df, r)} on {r.split}: {r.fallback_utterances:.0f} of {r.utterances:.0f} "
+        "hypotheses kept from sampling." for r in kept.itertuples(index=False)]
+
+
+def row_notes(df: pd.DataFrame) -> list[str]:
+    """The notes under Table 1 that the rows themselves give."""
+    return [*hallucination_notes(df), *fallback_notes(df)]
 
 
 def markdown_table(df: pd.DataFrame, notes=()) -> str:
@@ -123,7 +147,7 @@ def markdown_table(df: pd.DataFrame, notes=()) -> str:
     if models:
         lines += ["### Models compared", "", models, ""]
     lines.append(legend(df))
-    lines += [f"- {n}" for n in [*hallucination_notes(df), *notes]]
+    lines += [f"- {n}" for n in [*row_notes(df), *notes]]
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +287,7 @@ def sweep_markdown(df: pd.DataFrame, sweep_entry: str, matrix) -> str:
 
 def summary(df: pd.DataFrame) -> str:
     """Compact Table 1 for the terminal: per model/device, entry × split WER and ΔWER
-    [interval], pooled RTF, size reduction; then the rows hallucinations dominate."""
+    [interval], pooled RTF, size reduction; then the notes the rows give (row_notes)."""
     splits, wide = cells(df)
     out = []
     for (model, device), block in wide.groupby(level=["model", "device"], sort=True):
@@ -279,7 +303,7 @@ def summary(df: pd.DataFrame) -> str:
         table.loc[table["RTF"] == "unsupported", list(cols)[1:]] = ""
         out += [f"{model} — {device}",
                 table.to_markdown(index=False, tablefmt="simple", disable_numparse=True), ""]
-    return "\n".join(out + [f"note: {n}" for n in hallucination_notes(df)])
+    return "\n".join(out + [f"note: {n}" for n in row_notes(df)])
 
 
 def sweep_of_runs(df: pd.DataFrame) -> dict | None:
