@@ -1,5 +1,6 @@
 """Temperature fallback (decoding.fallback): openai-whisper's rule, run by decode.Transcriber
-on transformers models; runtimes with their own loop are unsupported rows under it."""
+on transformers models and by the CTranslate2, ONNX Runtime and OpenVINO transcribers;
+whisper.cpp, which decodes inside its runtime, is an unsupported row under it."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def test_fallback_is_off_unless_configured_and_its_defaults_come_from_the_schema
         validate_schema({**config, "decoding": {"fallback": {"beam": 5}}})
 
 
-def test_runtimes_with_their_own_loop_are_unsupported_rows_under_fallback():
+def test_whisper_cpp_is_an_unsupported_row_under_fallback():
     entries = {"fp32": {"library": "fp", "scheme": "fp32"},
                "bnb-nf4": {"library": "bnb", "scheme": "nf4"},
                "ct2-int8": {"library": "ct2", "scheme": "int8"},
@@ -79,11 +80,11 @@ def test_runtimes_with_their_own_loop_are_unsupported_rows_under_fallback():
     config = validate_schema({"model": "openai/whisper-small", "devices": "cpu",
                               "entries": entries, "decoding": {"fallback": {}}})
     study = Study(config, cuda=False)
-    reasons = {u["entry"]: u["reason"] for u in study.unsupported()}
-    assert sorted(reasons) == ["ct2-int8", "openvino-int8", "ort-fp32", "whispercpp-q8_0"]
-    assert reasons["ct2-int8"] == ("decoding.fallback: library 'ct2' decodes with its own greedy "
-                                   "loop, which has no temperature fallback here")
-    assert {j.entry for j in study.jobs()} == {"fp32", "bnb-nf4"}
+    assert study.unsupported() == [{
+        "model": "whisper-small", "entry": "whispercpp-q8_0", "device": "cpu",
+        "reason": "decoding.fallback: library 'whispercpp' decodes inside its own runtime, whose "
+                  "fallback is not openai-whisper's rule"}]
+    assert {j.entry for j in study.jobs()} == set(entries) - {"whispercpp-q8_0"}
     del config["decoding"]["fallback"]
     assert not Study(config, cuda=False).unsupported()
 
@@ -143,7 +144,7 @@ def test_the_recorded_log_probability_is_the_untempered_one_of_the_tokens_kept(
     if temperature:
         from whisper_ptq.decode import sampling_seed
 
-        torch.manual_seed(sampling_seed(0, feats[[0, 2]], temperature))
+        torch.manual_seed(sampling_seed(0, feats[[0, 2]].numpy(), temperature))
         kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
     hidden = encoded.last_hidden_state[[0, 2]]
     with torch.no_grad():
@@ -191,3 +192,46 @@ def test_real_speech_keeps_its_greedy_hypotheses_under_default_fallback(tiny_en_
     assert [r["hypothesis"] for r in rows] == [r["hypothesis"] for r in greedy]
     assert [r["temperature"] for r in rows] == [0.0] * len(greedy) == [0.0] * 8
     assert timing["fallback_utterances"] == 0
+
+
+@pytest.mark.parametrize("library, scheme", [("ct2", "float32"), ("ort", "fp32"),
+                                             ("openvino", "fp32")])
+def test_runtimes_apply_the_same_rule_to_the_same_log_probabilities(
+        distinct_model_dir, tmp_path, monkeypatch, library, scheme):
+    """An fp32 runtime's greedy pass gives transformers' tokens and average log-probabilities;
+    the utterances the rule sends back are sampled alone, reproducibly, seeded."""
+    from graph_runtime import BATCH, ids_of
+
+    from whisper_ptq import decode
+    from whisper_ptq.checkpoint import load_checkpoint, save_checkpoint
+    from whisper_ptq.decode import make_transcriber
+    from whisper_ptq.quantizers import get
+
+    entry = get(library).validate(library, {"library": library, "scheme": scheme})
+    save_checkpoint(library, entry, distinct_model_dir, tmp_path / library)
+    runtime, _ = load_checkpoint(tmp_path / library, distinct_model_dir, "cpu")
+    tok = ids_of(distinct_model_dir)
+    decoding = {"max_new_tokens": 12, "fallback": {}}
+    seen = []
+    monkeypatch.setattr(decode, "needs_fallback", lambda text, lp, options: seen.append(lp))
+    got, _ = make_transcriber(runtime, tok, "cpu", decoding)(BATCH)
+    want, _ = Transcriber(load_fp32(distinct_model_dir), tok, "cpu", decoding)(BATCH)
+    assert got == want and seen[:2] == pytest.approx(seen[2:], abs=1e-3)
+
+    # the second utterance fails its greedy pass and passes at the first temperature
+    def second_only(text, lp, options):
+        seen.append(lp)
+        return len(seen) == 2
+
+    runs = []
+    for seed in (0, 0, 1):
+        seen.clear()
+        monkeypatch.setattr(decode, "needs_fallback", second_only)
+        # a job's model, loaded afresh (CTranslate2 seeds a model's sampler once)
+        runtime, _ = load_checkpoint(tmp_path / library, distinct_model_dir, "cpu")
+        texts, timing = make_transcriber(runtime, tok, "cpu",
+                                         {**decoding, "fallback": {"seed": seed}})(BATCH)
+        assert timing["temperatures"] == [0.0, 0.2] and len(seen) == 3
+        assert texts[0] == want[0] and timing["tokens"] > sum(map(len, texts))
+        runs.append(texts[1])
+    assert runs[0] == runs[1] != runs[2]

@@ -196,3 +196,18 @@ def test_real_base_fp32_matches_transformers(base_dir, real_cache, tmp_path):
                                    {"max_new_tokens": 160, "language": "en", "task": "transcribe"})
     assert model.prompt({}) == [50258, 50259, 50359, 50363]
     assert texts == fp32_texts(base_dir, feats)
+
+
+def test_generates_as_many_tokens_as_transformers(distinct_model_dir, tmp_path):
+    """CTranslate2 stops at half its max_length (openai-whisper's sample_len): a hypothesis
+    that never ends (this random model's) is as long as transformers' all the same."""
+    from graph_runtime import BATCH, ids_of
+
+    from whisper_ptq.decode import Transcriber
+
+    save_checkpoint("ct2-float32", entry("float32"), distinct_model_dir, tmp_path / "f32")
+    model, _ = load_checkpoint(tmp_path / "f32", distinct_model_dir, "cpu")
+    tok, decoding = ids_of(distinct_model_dir), {"max_new_tokens": 12}
+    got, timing = model.transcriber(tok, "cpu", decoding)(BATCH)
+    want, _ = Transcriber(load_fp32(distinct_model_dir), tok, "cpu", decoding)(BATCH)
+    assert got == want and [len(t) for t in got] == [12, 12] and timing["tokens"] == 24

@@ -187,9 +187,9 @@ class Study:
     def unsupported_reason(self, name: str, device: str) -> str | None:
         entry = self.entries[name]
         library = quantizers.get(entry["library"])
-        if "fallback" in self.decoding and not library.transformers_decoding:
-            return (f"decoding.fallback: library {library.library!r} decodes with its own "
-                    "greedy loop, which has no temperature fallback here")
+        if "fallback" in self.decoding and not library.supports_fallback:
+            return (f"decoding.fallback: library {library.library!r} decodes inside its own "
+                    "runtime, whose fallback is not openai-whisper's rule")
         return library.unsupported(entry, device)
 
     def jobs(self) -> list[Job]:

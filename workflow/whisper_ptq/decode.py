@@ -81,14 +81,17 @@ def needs_fallback(text: str, avg_logprob: float, options: dict) -> bool:
             or avg_logprob < options["logprob_threshold"])
 
 
-def with_fallback(decode, n: int, options: dict):
+def with_fallback(decode, n: int, options: dict | None):
     """Decode ``n`` utterances greedily, then again at each of ``options``' temperatures
     those that still need it (the last temperature's result is kept whatever it gives).
 
     ``decode(indices, temperature)`` → (texts, average log-probabilities, tokens generated)
     for those utterances; temperature 0 is greedy. Returns the texts, the temperature each
-    was kept at, and the tokens generated in all passes."""
+    was kept at (None without ``options``: the greedy pass alone), and the tokens generated
+    in all passes."""
     texts, logprobs, tokens = decode(list(range(n)), 0.0)
+    if options is None:
+        return texts, None, tokens
     kept = [0.0] * n
     todo = [i for i in range(n) if needs_fallback(texts[i], logprobs[i], options)]
     for temperature in options["temperatures"]:
@@ -104,13 +107,25 @@ def with_fallback(decode, n: int, options: dict):
 
 
 def sampling_seed(seed: int, feats, temperature: float) -> int:
-    """A seed for one sampling pass from what it decodes (the utterances' features, in
-    order) and its temperature: the same utterances sampled together get the same draws in
-    any shard or run."""
+    """A seed for one sampling pass from what it decodes (the utterances' features as a
+    NumPy array, in order) and its temperature: the same utterances sampled together get the
+    same draws in any shard or run."""
     import numpy as np
 
-    data = np.ascontiguousarray(feats.detach().cpu().float().numpy()).tobytes()
+    data = np.ascontiguousarray(feats, dtype=np.float32).tobytes()
     return zlib.crc32(f"{seed}:{temperature}".encode(), zlib.crc32(data))
+
+
+def average_logprobs(picked, generated, eos: int) -> list[float]:
+    """openai-whisper's average log-probability per row: the log-probabilities ``picked`` of
+    the tokens ``generated`` (both [batch, steps]) summed up to and with the first end token,
+    over the text token count + 1."""
+    out = []
+    for row, logprobs in zip(generated, picked):
+        ends = [i for i, token in enumerate(row) if token == eos]
+        n = ends[0] + 1 if ends else len(row)
+        out.append(float(sum(logprobs[:n])) / ((n - 1 if ends else n) + 1))
+    return out
 
 
 def forced_prompt(generation_config, decoding: dict) -> list[int]:
@@ -239,6 +254,7 @@ class Transcriber:
                 if not isinstance(out, torch.Tensor):
                     out = out["sequences"] if isinstance(out, dict) else out.sequences
                 texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
+                tokens = int((out != self.pad).sum())
                 if self.fallback is not None:  # greedy only: no temperature was tried
                     timing["temperatures"] = [None] * len(texts)
                 self._sync()
@@ -247,18 +263,15 @@ class Transcriber:
                 encoded = self.model.model.encoder(feats)
                 self._sync()
                 t1 = time.perf_counter()
-                if self.fallback is None:
-                    out = self.model.generate(encoder_outputs=encoded, **kwargs)
-                    texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
-                else:
-                    texts, timing["temperatures"], tokens = with_fallback(
-                        lambda idx, t: self._decode(feats, encoded, idx, t), len(feats),
-                        self.fallback)
+                texts, kept, tokens = with_fallback(
+                    lambda idx, t: self._decode(feats, encoded, idx, t), len(feats), self.fallback)
+                if kept is not None:
+                    timing["temperatures"] = kept
                 self._sync()
                 t2 = time.perf_counter()
                 timing["encoder"], timing["decoder"] = t1 - t0, t2 - t1
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
-        timing["tokens"] = tokens if "temperatures" in timing else int((out != self.pad).sum())
+        timing["tokens"] = tokens
         return texts, timing
 
     def _decode(self, feats, encoded, idx: list[int], temperature: float):
@@ -270,15 +283,16 @@ class Transcriber:
             encoded = type(encoded)(last_hidden_state=encoded.last_hidden_state[idx])
         kwargs = dict(self.kwargs)
         if temperature > 0:  # Whisper's generate samples when given a temperature above 0
-            torch.manual_seed(sampling_seed(self.fallback["seed"], feats[idx], temperature))
+            drawn = feats[idx].float().cpu().numpy()
+            torch.manual_seed(sampling_seed(self.fallback["seed"], drawn, temperature))
             kwargs.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        recorder = LogprobRecorder()
+        recorders = [LogprobRecorder()] if self.fallback is not None else []
         out = self.model.generate(encoder_outputs=encoded, **kwargs,
-                                  logits_processor=LogitsProcessorList([recorder]))
+                                  logits_processor=LogitsProcessorList(recorders))
         texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
-        generated = out[:, -recorder.steps:]
-        return (texts, recorder.averages(generated, self.model.generation_config.eos_token_id),
-                int((out != self.pad).sum()))
+        eos = self.model.generation_config.eos_token_id
+        logprobs = recorders[0].averages(out[:, -recorders[0].steps:], eos) if recorders else None
+        return texts, logprobs, int((out != self.pad).sum())
 
 
 class LogprobRecorder:
@@ -303,12 +317,7 @@ class LogprobRecorder:
         import torch
 
         picked = torch.stack([*self.picked, self.last.gather(1, generated[:, -1:])[:, 0]], 1)
-        out = []
-        for row, logprobs in zip(generated, picked):
-            ends = (row == eos).nonzero()
-            n = int(ends[0]) + 1 if len(ends) else len(row)  # up to its end token
-            out.append(float(logprobs[:n].sum()) / ((n - 1 if len(ends) else n) + 1))
-        return out
+        return average_logprobs(picked.cpu().numpy(), generated.cpu().numpy(), eos)
 
 
 def make_transcriber(model, tokenizer, device: str, decoding: dict):

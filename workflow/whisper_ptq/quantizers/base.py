@@ -71,9 +71,8 @@ class Quantizer:
     recipe_shared: ClassVar[tuple[str, ...]] = ()
     # whether an option applies only to the schemes whose defaults name it (else to every one)
     scheme_options: ClassVar[bool] = False
-    # whether ``load`` gives a transformers model (decoded by decode.Transcriber, which has the
-    # temperature fallback) rather than a runtime with its own decoding loop
-    transformers_decoding: ClassVar[bool] = True
+    # whether its transcriber can decode with the temperature fallback (decoding.fallback)
+    supports_fallback: ClassVar[bool] = True
 
     # -- config ---------------------------------------------------------------------------
     def validate(self, name: str, entry: dict) -> dict:

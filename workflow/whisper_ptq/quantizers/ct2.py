@@ -28,7 +28,10 @@ OpenNMT/CTranslate2#1933), so a CUDA-13-only host gets unsupported rows saying s
 
 Transcription (``CT2Whisper.transcriber``) reads the same cached log-mel batches: ``encode``
 is timed as the encoder, then ``generate`` on the encoder output (greedy, beam 1) as the
-decoder. Threads: ``intra_threads`` = the job's threads, ``inter_threads`` = 1.
+decoder. Threads: ``intra_threads`` = the job's threads, ``inter_threads`` = 1. CTranslate2
+generates at most half its ``max_length`` (openai-whisper's 224-token ``sample_len``), so it
+is asked for twice ``max_new_tokens``: a loop runs as long as in transformers (before, a
+hypothesis stopped at 220 tokens where transformers went on to 440).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ import time
 from pathlib import Path
 
 from .. import PipelineError
-from ..decode import forced_prompt
+from ..decode import fallback_options, forced_prompt, with_fallback
 from ..features import NB_MAX_FRAMES, window_batch
+from ..schema import with_defaults
 from .base import Quantized, Quantizer, facts
 
 TOKENIZER = "tokenizer.json"
@@ -115,7 +119,6 @@ def _version() -> str:
 class CTranslate2(Quantizer):
     library = "ct2"
     package = "ctranslate2"
-    transformers_decoding = False
     schemes = {name: {} for name in ("float32", "int8", "int16", "float16", "int8_float16",
                                      "bfloat16")}
 
@@ -234,12 +237,44 @@ class CT2Transcriber:
     def __init__(self, whisper: CT2Whisper, tokenizer, decoding: dict):
         self.model, self.tokenizer = whisper.model, tokenizer
         self.prompt = whisper.prompt(decoding)
-        self.max_length = int(decoding.get("max_new_tokens", 440))
+        # CTranslate2 generates at most max_length / 2 tokens (openai-whisper's sample_len,
+        # n_text_ctx // 2; OpenNMT/CTranslate2#1856): twice max_new_tokens lets it generate
+        # as many as transformers does
+        self.max_length = 2 * int(with_defaults("decoding", decoding)["max_new_tokens"])
+        self.fallback = fallback_options(decoding)
+        if self.fallback is not None:
+            import ctranslate2
 
-    def _generate(self, features):
+            # CTranslate2 seeds a worker thread's sampler at its first draw and ignores later
+            # seeds (OpenNMT/CTranslate2#1757): seeded once, before any, a job's draws repeat
+            # in a rerun, but depend on the passes before them in the job
+            ctranslate2.set_random_seed(self.fallback["seed"])
+
+    def _generate(self, features, temperature: float = 0.0):
+        """Each row's text token ids, and with ``decoding.fallback`` its average
+        log-probability (else None); greedy, or sampled at a temperature above 0."""
+        sampling = {"sampling_temperature": temperature, "sampling_topk": 0} if temperature else {}
         results = self.model.generate(features, [self.prompt] * features.shape[0], beam_size=1,
-                                      max_length=self.max_length)
-        return [r.sequences_ids[0] for r in results]
+                                      max_length=self.max_length,
+                                      return_scores=self.fallback is not None, **sampling)
+        ids = [r.sequences_ids[0] for r in results]
+        if self.fallback is None:
+            return ids, None
+        # CTranslate2's score is the summed log-probability over the text token count
+        # (faster-whisper's reading): openai-whisper's average divides it by that count + 1
+        return ids, [r.scores[0] * len(i) / (len(i) + 1) for r, i in zip(results, ids)]
+
+    def _pass(self, feats, encoded, idx: list[int], temperature: float):
+        """One pass of ``decode.with_fallback`` over the batch's utterances ``idx`` (a subset
+        is encoded again: CTranslate2 cannot index an encoder output on the device)."""
+        import ctranslate2
+
+        if len(idx) < len(feats):
+            encoded = self.model.encode(ctranslate2.StorageView.from_array(feats[idx]),
+                                        to_cpu=False)
+        ids, logprobs = self._generate(encoded, temperature)
+        return (self.tokenizer.batch_decode(ids, skip_special_tokens=True), logprobs,
+                sum(len(i) for i in ids))
 
     def __call__(self, feats):
         import ctranslate2
@@ -250,18 +285,23 @@ class CT2Transcriber:
         t0 = time.perf_counter()
         if feats.shape[-1] > NB_MAX_FRAMES:  # alone; fixed 30 s windows (features.window_batch)
             windows = window_batch(feats[0])  # kept alive: a StorageView does not copy it
-            ids = [sum(self._generate(ctranslate2.StorageView.from_array(windows)), [])]
+            ids = [sum(self._generate(ctranslate2.StorageView.from_array(windows))[0], [])]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            tokens = len(ids[0])
+            if self.fallback is not None:  # greedy only, as decode.Transcriber's
+                timing["temperatures"] = [None]
             timing["longform"] = time.perf_counter() - t0
         else:
             encoded = self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
             t1 = time.perf_counter()
-            ids = self._generate(encoded)
-            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            decode_pass = lambda idx, t: self._pass(feats, encoded, idx, t)  # noqa: E731
+            texts, kept, tokens = with_fallback(decode_pass, len(feats), self.fallback)
+            if kept is not None:
+                timing["temperatures"] = kept
             timing["encoder"], timing["decoder"] = t1 - t0, time.perf_counter() - t1
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
         # as transformers' count (its sequences hold neither the prompt nor the end token)
-        timing["tokens"] = sum(len(i) for i in ids)
+        timing["tokens"] = tokens
         return texts, timing
 
 

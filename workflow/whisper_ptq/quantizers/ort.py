@@ -50,8 +50,10 @@ import time
 from pathlib import Path
 
 from .. import PipelineError
-from ..decode import forced_prompt
+from ..decode import (average_logprobs, fallback_options, forced_prompt, sampling_seed,
+                      with_fallback)
 from ..features import NB_MAX_FRAMES, window_batch
+from ..schema import with_defaults
 from .base import Quantized, Quantizer, facts
 
 GRAPHS = ("encoder", "decoder")
@@ -98,7 +100,6 @@ class GraphRuntime(Quantizer):
 
     devices = ("cpu",)
     scheme_options = True
-    transformers_decoding = False
 
     def converter(self):
         return Exported
@@ -502,7 +503,8 @@ class GraphTranscriber:
         self.suppress = np.array(g.suppress_tokens or [], dtype=np.int64)
         self.begin_suppress = np.array(g.begin_suppress_tokens or [], dtype=np.int64)
         self.eos = g.eos_token_id
-        self.max_new_tokens = int(decoding.get("max_new_tokens", 440))
+        self.max_new_tokens = int(with_defaults("decoding", decoding)["max_new_tokens"])
+        self.fallback = fallback_options(decoding)
 
     def _encode(self, feats) -> dict:
         raise NotImplementedError
@@ -510,8 +512,10 @@ class GraphTranscriber:
     def _start(self, cross: dict, empty):
         raise NotImplementedError
 
-    def _generate(self, cross: dict) -> list[list[int]]:
-        """Greedy decoding of a batch from its cross keys/values: each row's text token ids."""
+    def _generate(self, cross: dict, temperature: float = 0.0, seed: int | None = None):
+        """Decoding of a batch from its cross keys/values: each row's text token ids, and with
+        ``decoding.fallback`` each row's average log-probability (else None). Greedy, or at a
+        temperature above 0 sampled (Gumbel-max) with a generator seeded by ``seed``."""
         import numpy as np
 
         batch = len(next(iter(cross.values())))
@@ -519,7 +523,8 @@ class GraphTranscriber:
         empty = np.zeros((batch, self.head_shape[0], 0, self.head_shape[1]), dtype=np.float32)
         step_logits = self._start(cross, empty)
         tokens = np.tile(self.prompt, (batch, 1))
-        done, steps, seen = np.zeros(batch, dtype=bool), [], 0
+        rng = np.random.default_rng(seed) if temperature > 0 else None
+        done, steps, picked, seen = np.zeros(batch, dtype=bool), [], [], 0
         for step in range(self.max_new_tokens):
             n = tokens.shape[1]
             mask = np.triu(np.full((n, seen + n), -np.inf, dtype=np.float32), k=seen + 1)
@@ -528,15 +533,33 @@ class GraphTranscriber:
             logits[:, self.suppress] = -np.inf
             if step == 0:
                 logits[:, self.begin_suppress] = -np.inf
-            nxt = np.where(done, self.eos, logits.argmax(-1))
+            chosen = (logits.argmax(-1) if rng is None
+                      else (logits / temperature + rng.gumbel(size=logits.shape)).argmax(-1))
+            nxt = np.where(done, self.eos, chosen)
+            if self.fallback is not None:  # the untempered log-probability of the token
+                top = logits.max(-1)
+                total = top + np.log(np.exp(logits - top[:, None]).sum(-1))
+                picked.append(logits[np.arange(batch), nxt] - total)
             steps.append(nxt)
             done |= nxt == self.eos
             if done.all():
                 break
             tokens = nxt[:, None].astype(np.int64)
         ids = np.stack(steps, 1)
-        return [row[:int(np.argmax(row == self.eos)) if (row == self.eos).any() else len(row)]
-                .tolist() for row in ids]
+        texts = [row[:int(np.argmax(row == self.eos)) if (row == self.eos).any() else len(row)]
+                 .tolist() for row in ids]
+        if self.fallback is None:
+            return texts, None
+        return texts, average_logprobs(np.stack(picked, 1), ids, self.eos)
+
+    def _pass(self, feats, cross: dict, idx: list[int], temperature: float):
+        """One pass of ``decode.with_fallback`` over the batch's utterances ``idx``."""
+        if len(idx) < len(feats):
+            cross = {k: v[idx] for k, v in cross.items()}
+        seed = sampling_seed(self.fallback["seed"], feats[idx], temperature) if temperature else None
+        ids, logprobs = self._generate(cross, temperature, seed)
+        return (self.tokenizer.batch_decode(ids, skip_special_tokens=True), logprobs,
+                sum(len(i) for i in ids))
 
     def __call__(self, feats):
         import numpy as np
@@ -545,17 +568,22 @@ class GraphTranscriber:
         feats = np.ascontiguousarray(feats.float().cpu().numpy())
         t0 = time.perf_counter()
         if feats.shape[-1] > NB_MAX_FRAMES:  # alone; its 30 s windows as one batch
-            ids = [sum(self._generate(self._encode(window_batch(feats[0]))), [])]
+            ids = [sum(self._generate(self._encode(window_batch(feats[0])))[0], [])]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            tokens = len(ids[0])
+            if self.fallback is not None:  # greedy only, as decode.Transcriber's
+                timing["temperatures"] = [None]
             timing["longform"] = time.perf_counter() - t0
         else:
             cross = self._encode(feats)
             t1 = time.perf_counter()
-            ids = self._generate(cross)
-            texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+            decode_pass = lambda idx, t: self._pass(feats, cross, idx, t)  # noqa: E731
+            texts, kept, tokens = with_fallback(decode_pass, len(feats), self.fallback)
+            if kept is not None:
+                timing["temperatures"] = kept
             timing["encoder"], timing["decoder"] = t1 - t0, time.perf_counter() - t1
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
-        timing["tokens"] = sum(len(i) for i in ids)  # text tokens, as the other runtimes count
+        timing["tokens"] = tokens  # text tokens, as the other runtimes count
         return texts, timing
 
 

@@ -270,9 +270,9 @@ class OvTranscriber(ort.GraphTranscriber):
 
         return ort.encode_chunks(run, self.names, feats, self.encoder_rows)
 
-    def _generate(self, cross: dict) -> list[list[int]]:
+    def _generate(self, cross: dict, *sampling):
         try:
-            return super()._generate(cross)
+            return super()._generate(cross, *sampling)
         finally:
             self.request = None
 

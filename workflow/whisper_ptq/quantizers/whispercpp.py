@@ -43,6 +43,7 @@ from pathlib import Path
 
 from .. import PipelineError
 from ..features import NB_MAX_FRAMES, whole_windows
+from ..schema import with_defaults
 from .base import Quantized, Quantizer, facts, linear_names
 
 GGML_FILE = "ggml-model.bin"
@@ -206,7 +207,9 @@ class WhisperCpp(Quantizer):
     package = "pywhispercpp"
     schemes = {name: {} for name in GGML_FTYPE}
     devices = ("cpu",)
-    transformers_decoding = False
+    # whisper.cpp decodes inside whisper_full; its own fallback tests token entropy, not
+    # openai-whisper's compression ratio, so the rows would not be the same rule's
+    supports_fallback = False
 
     def unsupported(self, entry, device):
         if device == "cuda":
@@ -346,7 +349,7 @@ class GgmlTranscriber:
         p.no_speech_thold = 2.0  # a probability never exceeds it: no segment is dropped
         p.suppress_blank = p.suppress_nst = True  # transformers' begin / non-speech suppression
         # whisper.cpp ends a segment after the token at index max_tokens (one more than asked)
-        self.max_new_tokens = int(decoding.get("max_new_tokens", 440))
+        self.max_new_tokens = int(with_defaults("decoding", decoding)["max_new_tokens"])
         p.max_tokens = max(1, self.max_new_tokens - 1)
         if getattr(whisper.generation_config, "is_multilingual", False):
             p.language = decoding.get("language", "en")
