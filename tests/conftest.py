@@ -165,6 +165,32 @@ def random_model_dir(tmp_path_factory) -> Path:
     return make_random_model_dir(tmp_path_factory.mktemp("random-whisper"), tokenizer)
 
 
+@pytest.fixture
+def random_features(tmp_path):
+    """Six utterances of random log-mel frames (two speakers) and their manifest."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from whisper_ptq.io import write_jsonl
+
+    rng = np.random.default_rng(0)
+    ids = [f"{s}-1-{i:04d}" for s in (1, 2) for i in range(3)]
+    save_file({i: rng.normal(size=(80, 3000)).astype(np.float32) for i in ids}, tmp_path / "f.st")
+    write_jsonl(tmp_path / "m.jsonl", [{"id": i, "speaker": i.split("-")[0], "duration": 10.0,
+                                        "reference": "HELLO", "n_frames": 3000} for i in ids])
+    return tmp_path / "f.st", tmp_path / "m.jsonl"
+
+
+@pytest.fixture
+def model_and_tokenizer(random_model_dir):
+    """The random model, loaded, with its tokenizer."""
+    from transformers import WhisperTokenizer
+
+    from whisper_ptq.modeling import load_fp32
+
+    return load_fp32(random_model_dir), WhisperTokenizer.from_pretrained(random_model_dir)
+
+
 @pytest.fixture(scope="session")
 def distinct_model_dir(random_model_dir, tmp_path_factory) -> Path:
     """The random model with every parameter distinct: its zero biases and unit layer norms

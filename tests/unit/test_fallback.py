@@ -4,7 +4,6 @@ whisper.cpp, which decodes inside its runtime, is an unsupported row under it.""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,6 @@ from whisper_ptq import PipelineError
 from whisper_ptq.config import Study, validate_schema
 from whisper_ptq.decode import (Transcriber, compression_ratio, fallback_options,
                                 needs_fallback, run, with_fallback)
-from whisper_ptq.io import write_jsonl
 from whisper_ptq.modeling import load_fp32
 from whisper_ptq.schema import schema_default
 
@@ -89,25 +87,6 @@ def test_whisper_cpp_is_an_unsupported_row_under_fallback():
     assert not Study(config, cuda=False).unsupported()
 
 
-@pytest.fixture
-def random_model(random_model_dir):
-    from transformers import WhisperTokenizer
-
-    return load_fp32(random_model_dir), WhisperTokenizer.from_pretrained(random_model_dir)
-
-
-@pytest.fixture
-def features(tmp_path):
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(1)
-    ids = [f"{s}-1-{i:04d}" for s in (1, 2) for i in range(3)]
-    save_file({i: rng.normal(size=(80, 3000)).astype(np.float32) for i in ids}, tmp_path / "f.st")
-    write_jsonl(tmp_path / "m.jsonl", [{"id": i, "speaker": i.split("-")[0], "duration": 10.0,
-                                        "reference": "HELLO", "n_frames": 3000} for i in ids])
-    return tmp_path / "f.st", tmp_path / "m.jsonl"
-
-
 def teacher_forced(model, hidden, sequence, prompt_len) -> float:
     """openai-whisper's average log-probability of one generated sequence, by a decoder pass
     over it (untempered, suppressed tokens masked): the reference for the recorder."""
@@ -127,14 +106,14 @@ def teacher_forced(model, hidden, sequence, prompt_len) -> float:
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_the_recorded_log_probability_is_the_untempered_one_of_the_tokens_kept(
-        random_model, features, temperature):
+        model_and_tokenizer, random_features, temperature):
     from whisper_ptq.decode import forced_prompt
     from whisper_ptq.features import FeatureCache
 
-    model, tokenizer = random_model
+    model, tokenizer = model_and_tokenizer
     decoding = {"max_new_tokens": 12, "fallback": {}}
     transcriber = Transcriber(model, tokenizer, "cpu", decoding)
-    cache = FeatureCache(features[0])
+    cache = FeatureCache(random_features[0])
     feats = torch.stack([cache.get(f"{s}-1-{i:04d}") for s, i in ((1, 0), (1, 1), (2, 0))])
     with torch.no_grad():
         encoded = model.model.encoder(feats)
@@ -157,16 +136,16 @@ def test_the_recorded_log_probability_is_the_untempered_one_of_the_tokens_kept(
     assert logprobs == pytest.approx(expected, abs=1e-4)
 
 
-def test_forced_fallback_samples_reproducibly_and_is_counted(random_model, features):
-    model, tokenizer = random_model
+def test_forced_fallback_samples_reproducibly_and_is_counted(model_and_tokenizer, random_features):
+    model, tokenizer = model_and_tokenizer
     # no hypothesis reaches log-probability 0: every one goes through every temperature
     forced = {"batch_size": 3, "max_new_tokens": 12,
               "fallback": {"temperatures": [0.5, 1.0], "logprob_threshold": 0.0}}
-    greedy_rows, greedy = run(model, tokenizer, *features, "cpu", {**forced, "fallback": None},
+    greedy_rows, greedy = run(model, tokenizer, *random_features, "cpu", {**forced, "fallback": None},
                               progress=False)
-    rows, timing = run(model, tokenizer, *features, "cpu", forced, progress=False)
-    again, _ = run(model, tokenizer, *features, "cpu", forced, progress=False)
-    other, _ = run(model, tokenizer, *features, "cpu",
+    rows, timing = run(model, tokenizer, *random_features, "cpu", forced, progress=False)
+    again, _ = run(model, tokenizer, *random_features, "cpu", forced, progress=False)
+    other, _ = run(model, tokenizer, *random_features, "cpu",
                    {**forced, "fallback": {**forced["fallback"], "seed": 1}}, progress=False)
     assert [r["temperature"] for r in rows] == [1.0] * 6
     assert timing["fallback_utterances"] == 6 and "fallback_utterances" not in greedy

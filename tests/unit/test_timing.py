@@ -12,25 +12,6 @@ from whisper_ptq.modeling import load_fp32
 from whisper_ptq.decode import run
 
 
-@pytest.fixture
-def random_features(tmp_path):
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(0)
-    ids = [f"{s}-1-{i:04d}" for s in (1, 2) for i in range(3)]
-    save_file({i: rng.normal(size=(80, 3000)).astype(np.float32) for i in ids}, tmp_path / "f.st")
-    write_jsonl(tmp_path / "m.jsonl", [{"id": i, "speaker": i.split("-")[0], "duration": 10.0,
-                                        "reference": "HELLO", "n_frames": 3000} for i in ids])
-    return tmp_path / "f.st", tmp_path / "m.jsonl"
-
-
-@pytest.fixture
-def model_and_tokenizer(random_model_dir):
-    from transformers import WhisperTokenizer
-
-    return load_fp32(random_model_dir), WhisperTokenizer.from_pretrained(random_model_dir)
-
-
 DECODING = {"batch_size": 2, "max_new_tokens": 8}
 
 
