@@ -61,6 +61,22 @@ def test_calibration_pairs_both_orders_in_each_repeat(random_model_dir, fake_mir
         q / f for q, f in zip(d["samples"]["quanto_order"], d["samples"]["frozen_first"])]
 
 
+def test_fallback_cost_pairs_both_arms_in_each_repeat(random_model_dir, fake_mirror, tmp_path):
+    out = tmp_path / "fallback.json"
+    import_benchmark("fallback_cost").main([
+        "--model", str(random_model_dir), "--archive", str(fake_mirror / "test-clean.tar.gz"),
+        "--utterances", "3", "--batch-size", "2", "--repeats", "2", "--threads", "1",
+        "--max-new-tokens", "4", "--out", str(out)])
+    d = json.loads(out.read_text())
+    assert d["utterances"] == 3
+    assert [r["order"] for r in d["repeats"]] == [["greedy", "fallback"], ["fallback", "greedy"]]
+    for key in ("decoder_seconds", "compute_seconds"):
+        assert d["ratio_fallback_over_greedy"][key] == [
+            f[key] / g[key] for f, g in zip(d["samples"]["fallback"], d["samples"]["greedy"])]
+    # a random model's hypotheses fail the rule: sampled again, so not greedy's
+    assert all(r["sampled_again"] > 0 and not r["same_hypotheses"] for r in d["repeats"])
+
+
 @pytest.mark.slow  # two fresh processes decode two random utterances
 def test_memory_phases_runs_each_entry_with_and_without_giving_back(random_model_dir, tmp_path):
     from safetensors.numpy import save_file
