@@ -546,11 +546,11 @@ class GraphTranscriber:
                 break
             tokens = nxt[:, None].astype(np.int64)
         ids = np.stack(steps, 1)
-        texts = [row[:int(np.argmax(row == self.eos)) if (row == self.eos).any() else len(row)]
-                 .tolist() for row in ids]
+        text_ids = [row[:int(np.argmax(row == self.eos)) if (row == self.eos).any() else len(row)]
+                    .tolist() for row in ids]
         if self.fallback is None:
-            return texts, None
-        return texts, average_logprobs(np.stack(picked, 1), ids, self.eos)
+            return text_ids, None
+        return text_ids, average_logprobs(np.stack(picked, 1), ids, self.eos)
 
     def _pass(self, feats, cross: dict, idx: list[int], temperature: float):
         """One pass of ``decode.with_fallback`` over the batch's utterances ``idx``."""
