@@ -4,6 +4,7 @@ whisper.cpp, which decodes inside its runtime, is an unsupported row under it.""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -214,3 +215,23 @@ def test_runtimes_apply_the_same_rule_to_the_same_log_probabilities(
         assert texts[0] == want[0] and timing["tokens"] > sum(map(len, texts))
         runs.append(texts[1])
     assert runs[0] == runs[1] != runs[2]
+
+
+def test_an_utterance_over_30_s_stays_greedy_with_a_null_temperature(model_and_tokenizer, tmp_path):
+    from safetensors.numpy import save_file
+
+    from whisper_ptq.io import write_jsonl
+
+    model, tokenizer = model_and_tokenizer
+    rng = np.random.default_rng(2)
+    ids = {"1-1-0000": 3000, "1-1-0001": 4500}  # frames: 30 s, and 45 s (long-form)
+    save_file({i: rng.normal(size=(80, n)).astype(np.float32) for i, n in ids.items()},
+              tmp_path / "f.st")
+    write_jsonl(tmp_path / "m.jsonl", [{"id": i, "speaker": "1", "duration": n / 100,
+                                        "reference": "HELLO", "n_frames": n} for i, n in ids.items()])
+    forced = {"batch_size": 2, "max_new_tokens": 4,
+              "fallback": {"temperatures": [1.0], "logprob_threshold": 0.0}}
+    rows, timing = run(model, tokenizer, tmp_path / "f.st", tmp_path / "m.jsonl", "cpu", forced,
+                       progress=False)
+    assert {r["id"]: r["temperature"] for r in rows} == {"1-1-0000": 1.0, "1-1-0001": None}
+    assert timing["fallback_utterances"] == 1 and timing["longform_seconds"] > 0

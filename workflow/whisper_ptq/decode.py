@@ -255,18 +255,14 @@ class Transcriber:
                     out = out["sequences"] if isinstance(out, dict) else out.sequences
                 texts = self.tokenizer.batch_decode(out.cpu(), skip_special_tokens=True)
                 tokens = int((out != self.pad).sum())
-                if self.fallback is not None:  # greedy only: no temperature was tried
-                    timing["temperatures"] = [None] * len(texts)
                 self._sync()
                 timing["longform"] = time.perf_counter() - t0
             else:
                 encoded = self.model.model.encoder(feats)
                 self._sync()
                 t1 = time.perf_counter()
-                texts, kept, tokens = with_fallback(
+                texts, timing["temperatures"], tokens = with_fallback(
                     lambda idx, t: self._decode(feats, encoded, idx, t), len(feats), self.fallback)
-                if kept is not None:
-                    timing["temperatures"] = kept
                 self._sync()
                 t2 = time.perf_counter()
                 timing["encoder"], timing["decoder"] = t1 - t0, t2 - t1
@@ -407,15 +403,18 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     for batch in warmup:
         transcriber(stack(batch))
     memory = memory_reset(device)
+    fallback = fallback_options(decoding) is not None
     out_rows, parts = [], []
     for batch in progress_bar(batches, split, progress):
         texts, t = transcriber(stack(batch))
         parts.append(t)
-        kept = t.get("temperatures")  # with decoding.fallback: the temperature of each text
-        for i, (r, text) in enumerate(zip(batch, texts)):
+        # with decoding.fallback: the temperature each text was kept at; None for a long-form
+        # utterance, which a transcriber decodes greedily
+        kept = t.get("temperatures") or [None] * len(texts)
+        for r, text, temperature in zip(batch, texts, kept):
             out_rows.append({"id": r["id"], "speaker": r["speaker"], "duration": r["duration"],
                              "reference": r["reference"], "hypothesis": text,
-                             **({"temperature": kept[i]} if kept else {})})
+                             **({"temperature": temperature} if fallback else {})})
     total = {k: sum(p[k] for p in parts) for k in ("encoder", "decoder", "longform", "total", "tokens")}
     audio = sum(r["duration"] for r in rows)
     timing = {
@@ -442,7 +441,7 @@ def run(model, tokenizer, features_path, manifest_path, device, decoding, *, lim
     }
     if regime == "latency":
         timing.update(latency_stats(timing["batch_seconds"]))
-    if fallback_options(decoding) is not None:
+    if fallback:
         timing["fallback_utterances"] = sum(bool(r.get("temperature")) for r in out_rows)
     return out_rows, timing
 

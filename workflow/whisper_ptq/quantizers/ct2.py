@@ -288,16 +288,13 @@ class CT2Transcriber:
             ids = [sum(self._generate(ctranslate2.StorageView.from_array(windows))[0], [])]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
             tokens = len(ids[0])
-            if self.fallback is not None:  # greedy only, as decode.Transcriber's
-                timing["temperatures"] = [None]
             timing["longform"] = time.perf_counter() - t0
         else:
             encoded = self.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=False)
             t1 = time.perf_counter()
             decode_pass = lambda idx, t: self._pass(feats, encoded, idx, t)  # noqa: E731
-            texts, kept, tokens = with_fallback(decode_pass, len(feats), self.fallback)
-            if kept is not None:
-                timing["temperatures"] = kept
+            texts, timing["temperatures"], tokens = with_fallback(decode_pass, len(feats),
+                                                                  self.fallback)
             timing["encoder"], timing["decoder"] = t1 - t0, time.perf_counter() - t1
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
         # as transformers' count (its sequences hold neither the prompt nor the end token)

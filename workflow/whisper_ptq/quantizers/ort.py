@@ -571,16 +571,13 @@ class GraphTranscriber:
             ids = [sum(self._generate(self._encode(window_batch(feats[0])))[0], [])]
             texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
             tokens = len(ids[0])
-            if self.fallback is not None:  # greedy only, as decode.Transcriber's
-                timing["temperatures"] = [None]
             timing["longform"] = time.perf_counter() - t0
         else:
             cross = self._encode(feats)
             t1 = time.perf_counter()
             decode_pass = lambda idx, t: self._pass(feats, cross, idx, t)  # noqa: E731
-            texts, kept, tokens = with_fallback(decode_pass, len(feats), self.fallback)
-            if kept is not None:
-                timing["temperatures"] = kept
+            texts, timing["temperatures"], tokens = with_fallback(decode_pass, len(feats),
+                                                                  self.fallback)
             timing["encoder"], timing["decoder"] = t1 - t0, time.perf_counter() - t1
         timing["total"] = timing["encoder"] + timing["decoder"] + timing["longform"]
         timing["tokens"] = tokens  # text tokens, as the other runtimes count
